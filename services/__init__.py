@@ -1,0 +1,1 @@
+"""The five phoneseller services and the runtime they share (`services.kit`)."""

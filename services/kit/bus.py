@@ -1,0 +1,129 @@
+"""The connection to NATS JetStream, kept up for the life of the process.
+
+NATS being down never stops a service from answering: the outbox holds events until the bus
+is back. The bus reports its state to the `phoneseller.eventflow` health entry and the logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+
+from services.kit.events import STREAM, SUBJECT_PREFIX
+
+log = logging.getLogger(__name__)
+
+#: How long JetStream remembers a `Nats-Msg-Id`: a relay that crashes after publishing and
+#: before marking rows sent republishes them on restart; within this window they are refused.
+DUPLICATE_WINDOW_SECONDS = 600.0
+
+
+def stream_config(replicas: int = 1) -> StreamConfig:
+    return StreamConfig(
+        name=STREAM,
+        subjects=[f"{SUBJECT_PREFIX}.>"],
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+    )
+
+
+class EventBus:
+    """A reconnecting NATS client plus the JetStream stream the system publishes to."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        stream_replicas: int = 1,
+        name: str = "phoneseller",
+        on_state_change: Callable[[bool], Awaitable[None]] | None = None,
+    ) -> None:
+        self.url = url
+        self.stream_replicas = stream_replicas
+        self.name = name
+        self._on_state_change = on_state_change
+        self._client: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._ready = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        return self._ready.is_set() and self._client is not None and self._client.is_connected
+
+    @property
+    def jetstream(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError("event bus not connected yet")
+        return self._js
+
+    async def wait_ready(self) -> JetStreamContext:
+        await self._ready.wait()
+        return self.jetstream
+
+    async def _report(self, connected: bool) -> None:
+        log.log(
+            logging.INFO if connected else logging.WARNING,
+            "event bus connected" if connected else "event bus disconnected",
+            extra={"nats_url": self.url},
+        )
+        if self._on_state_change is not None:
+            await self._on_state_change(connected)
+
+    async def connect(self, retry_interval: float = 0.5) -> None:
+        """Connect (retrying until NATS answers) and make sure the stream exists."""
+        while self._client is None:
+            try:
+                self._client = await nats.connect(
+                    servers=self.url.split(","),
+                    name=self.name,
+                    connect_timeout=2,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    allow_reconnect=True,
+                    disconnected_cb=self._disconnected,
+                    reconnected_cb=self._reconnected,
+                    error_cb=self._error,
+                )
+            except Exception as exc:
+                log.warning(
+                    "cannot reach NATS, retrying", extra={"error": str(exc) or type(exc).__name__}
+                )
+                await asyncio.sleep(retry_interval)
+        self._js = self._client.jetstream(timeout=5)
+        await self.ensure_stream()
+        self._ready.set()
+        await self._report(True)
+
+    async def ensure_stream(self) -> None:
+        """Create the stream, or leave it as it is if it exists (another service made it)."""
+        config = stream_config(self.stream_replicas)
+        try:
+            await self.jetstream.add_stream(config)
+        except BadRequestError as exc:
+            # Exists with other settings (e.g. an operator raised max_age): theirs wins.
+            log.info("stream exists with other settings; keeping them", extra={"error": str(exc)})
+
+    async def _disconnected(self) -> None:
+        await self._report(False)
+
+    async def _reconnected(self) -> None:
+        await self._report(True)
+
+    async def _error(self, exc: Exception) -> None:
+        log.debug("nats client error", extra={"error": str(exc)})
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and not client.is_closed:
+            try:
+                await asyncio.wait_for(client.drain(), timeout=2)
+            except Exception:
+                await client.close()

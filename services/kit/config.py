@@ -1,0 +1,99 @@
+"""Settings read from `PHONESELLER_*` environment variables.
+
+docs/configuration.md lists every variable; this module reads exactly those, so the two must
+change together (tests/helm checks the chart provides each one).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+SERVICE_NAMES = ("order", "payment", "promotion", "store", "customer")
+
+DEFAULT_PORTS = {
+    "order": 50051,
+    "payment": 50052,
+    "promotion": 50053,
+    "store": 50054,
+    "customer": 50055,
+}
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the process cannot start."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a service process reads from its environment."""
+
+    service: str
+    grpc_host: str
+    grpc_port: int
+    data_dir: Path
+    database_url: str
+    nats_url: str
+    stream_replicas: int
+    payment_address: str
+    promotion_address: str
+    points_rate_percent: int
+    payment_decline_above: int
+    store_auto_ship_delay_seconds: float
+    log_level: str
+    shutdown_grace_seconds: float
+    shutdown_drain_seconds: float
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{self.grpc_host}:{self.grpc_port}"
+
+    @classmethod
+    def from_env(cls, service: str | None = None, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def get(name: str, default: str) -> str:
+            return env.get(f"PHONESELLER_{name}", default).strip() or default
+
+        def get_int(name: str, default: int) -> int:
+            raw = get(name, str(default))
+            try:
+                return int(raw)
+            except ValueError:
+                raise ConfigError(f"PHONESELLER_{name} must be an integer, got {raw!r}") from None
+
+        def get_float(name: str, default: float) -> float:
+            raw = get(name, str(default))
+            try:
+                return float(raw)
+            except ValueError:
+                raise ConfigError(f"PHONESELLER_{name} must be a number, got {raw!r}") from None
+
+        service = service or get("SERVICE", "")
+        if service not in SERVICE_NAMES:
+            raise ConfigError(f"unknown service {service!r}; expected one of {SERVICE_NAMES}")
+        data_dir = Path(get("DATA_DIR", ".run/data"))
+        settings = cls(
+            service=service,
+            grpc_host=get("GRPC_HOST", "127.0.0.1"),
+            grpc_port=get_int("GRPC_PORT", DEFAULT_PORTS[service]),
+            data_dir=data_dir,
+            database_url=get("DATABASE_URL", f"sqlite+aiosqlite:///{data_dir / service}.db"),
+            nats_url=get("NATS_URL", "nats://127.0.0.1:4222"),
+            stream_replicas=get_int("STREAM_REPLICAS", 1),
+            payment_address=get("PAYMENT_ADDRESS", f"127.0.0.1:{DEFAULT_PORTS['payment']}"),
+            promotion_address=get("PROMOTION_ADDRESS", f"127.0.0.1:{DEFAULT_PORTS['promotion']}"),
+            points_rate_percent=get_int("POINTS_RATE_PERCENT", 10),
+            payment_decline_above=get_int("PAYMENT_DECLINE_ABOVE", 5_000_000),
+            store_auto_ship_delay_seconds=get_float("STORE_AUTO_SHIP_DELAY_SECONDS", 0.0),
+            log_level=get("LOG_LEVEL", "INFO").upper(),
+            shutdown_grace_seconds=get_float("SHUTDOWN_GRACE_SECONDS", 10.0),
+            shutdown_drain_seconds=get_float("SHUTDOWN_DRAIN_SECONDS", 1.0),
+        )
+        if not 0 <= settings.points_rate_percent <= 100:
+            raise ConfigError("PHONESELLER_POINTS_RATE_PERCENT must be between 0 and 100")
+        if settings.stream_replicas not in (1, 3, 5):
+            raise ConfigError("PHONESELLER_STREAM_REPLICAS must be 1, 3 or 5")
+        return settings

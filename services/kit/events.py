@@ -1,0 +1,143 @@
+"""Domain events on the wire: protobuf bytes plus headers that say what they are.
+
+Every event message has `event_id`, `occurred_at`, `order_id` and `customer_id` as its first
+four fields (tests/unit/test_contracts.py checks). On NATS an event travels as the serialized
+message with headers naming its type, id, time, correlation id, customer and trace context,
+so consumers can route, de-duplicate and log without decoding the payload.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.kit import context
+
+STREAM = "PHONESELLER"
+SUBJECT_PREFIX = "phoneseller"
+
+# Header names. `Nats-Msg-Id` is JetStream's de-duplication key: a republished event is refused.
+MSG_ID = "Nats-Msg-Id"
+EVENT_TYPE = "Phoneseller-Event-Type"
+EVENT_ID = "Phoneseller-Event-Id"
+OCCURRED_AT = "Phoneseller-Occurred-At"
+ORDER_ID = "Phoneseller-Order-Id"
+CUSTOMER_ID = "Phoneseller-Customer-Id"
+TRACEPARENT = "traceparent"
+
+E = TypeVar("E", bound=Message)
+
+
+def subject_for(event_type: str) -> str:
+    """`phoneseller.payment.v1.PayCompleted` travels on `phoneseller.payment.PayCompleted`."""
+    package, _, name = event_type.rpartition(".")
+    parts = package.split(".")
+    if len(parts) != 3 or parts[0] != SUBJECT_PREFIX:
+        raise ValueError(f"{event_type!r} is not a phoneseller event type")
+    return f"{SUBJECT_PREFIX}.{parts[1]}.{name}"
+
+
+def new_event(event_class: type[E], *, order_id: str, customer_id: str, **fields: Any) -> E:
+    """An event with a fresh id, the current UTC time and the given fields."""
+    occurred_at = Timestamp()
+    occurred_at.FromDatetime(datetime.now(UTC))
+    return event_class(
+        event_id=str(uuid.uuid4()),
+        occurred_at=occurred_at,
+        order_id=order_id,
+        customer_id=customer_id,
+        **fields,
+    )
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """An event as stored in the outbox and carried on NATS."""
+
+    event_id: str
+    event_type: str
+    subject: str
+    order_id: str
+    customer_id: str
+    occurred_at: datetime
+    traceparent: str
+    payload: bytes
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            MSG_ID: self.event_id,
+            EVENT_TYPE: self.event_type,
+            EVENT_ID: self.event_id,
+            OCCURRED_AT: self.occurred_at.isoformat(),
+            ORDER_ID: self.order_id,
+            CUSTOMER_ID: self.customer_id,
+        }
+        if self.traceparent:
+            headers[TRACEPARENT] = self.traceparent
+        return headers
+
+    @classmethod
+    def from_message(
+        cls, subject: str, headers: Mapping[str, str] | None, payload: bytes
+    ) -> Envelope:
+        """Read an envelope back from a NATS message; raises ValueError if it is not one."""
+        headers = headers or {}
+        missing = [h for h in (EVENT_TYPE, EVENT_ID, OCCURRED_AT) if h not in headers]
+        if missing:
+            raise ValueError(f"not a phoneseller event: headers {missing} missing")
+        return cls(
+            event_id=headers[EVENT_ID],
+            event_type=headers[EVENT_TYPE],
+            subject=subject,
+            order_id=headers.get(ORDER_ID, ""),
+            customer_id=headers.get(CUSTOMER_ID, ""),
+            occurred_at=datetime.fromisoformat(headers[OCCURRED_AT]),
+            traceparent=headers.get(TRACEPARENT, ""),
+            payload=payload,
+        )
+
+
+def envelope_for(event: Message) -> Envelope:
+    """Wrap an event message for the outbox, taking the trace context of the current call."""
+    fields: Any = event
+    event_type = event.DESCRIPTOR.full_name
+    return Envelope(
+        event_id=fields.event_id,
+        event_type=event_type,
+        subject=subject_for(event_type),
+        order_id=fields.order_id,
+        customer_id=fields.customer_id,
+        occurred_at=fields.occurred_at.ToDatetime(tzinfo=UTC),
+        traceparent=context.child_traceparent() if context.traceparent.get() else "",
+        payload=event.SerializeToString(),
+    )
+
+
+class EventTypes:
+    """The event classes a consumer understands, by full protobuf name."""
+
+    def __init__(self, classes: Iterable[type[Message]]) -> None:
+        self._by_name = {cls.DESCRIPTOR.full_name: cls for cls in classes}
+
+    @property
+    def subjects(self) -> list[str]:
+        return sorted(subject_for(name) for name in self._by_name)
+
+    def __contains__(self, event_type: str) -> bool:
+        return event_type in self._by_name
+
+    def decode(self, envelope: Envelope) -> Message:
+        """The event message; raises ValueError for unknown types or undecodable bytes."""
+        cls = self._by_name.get(envelope.event_type)
+        if cls is None:
+            raise ValueError(f"unknown event type {envelope.event_type!r}")
+        try:
+            return cls.FromString(envelope.payload)
+        except Exception as exc:
+            raise ValueError(f"cannot decode {envelope.event_type}: {exc}") from exc

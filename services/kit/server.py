@@ -1,0 +1,232 @@
+"""One way to run any service: gRPC server, health, reflection, database, event flow, drain.
+
+A service describes itself with a `ServiceDefinition` (its gRPC services, tables, and how to
+build its servicers and event handler from the `Runtime`); `serve` does the rest the same way
+for all five.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from phoneseller.customer.v1 import customer_service_pb2
+from phoneseller.order.v1 import order_service_pb2
+from phoneseller.payment.v1 import payment_service_pb2
+from phoneseller.promotion.v1 import promotion_service_pb2
+from phoneseller.store.v1 import store_service_pb2
+from sqlalchemy import MetaData
+
+from services.kit import context, errors, logs, tables
+from services.kit.bus import EventBus
+from services.kit.config import Settings
+from services.kit.consumer import EventConsumer, Handler
+from services.kit.db import Database
+from services.kit.events import EventTypes
+from services.kit.health import Health
+from services.kit.outbox import OutboxRelay
+
+log = logging.getLogger(__name__)
+
+#: Every phoneseller service answers reflection for all of them, so that `grpcurl list`
+#: through the gateway shows the whole API whichever replica it reaches.
+PHONESELLER_API = tuple(
+    service.full_name
+    for module in (
+        order_service_pb2,
+        payment_service_pb2,
+        promotion_service_pb2,
+        store_service_pb2,
+        customer_service_pb2,
+    )
+    for service in module.DESCRIPTOR.services_by_name.values()
+)
+
+
+@dataclass
+class Runtime:
+    """What a service's parts are built from."""
+
+    settings: Settings
+    database: Database
+    bus: EventBus
+    health: Health
+
+
+@dataclass
+class ServiceParts:
+    """What a service adds to the common runtime."""
+
+    #: Adds the service's servicers to the server.
+    register: Callable[[grpc.aio.Server], None]
+    #: The events this service consumes and its handler for them, if it consumes any.
+    consumes: tuple[EventTypes, Handler] | None = None
+    #: Long-running tasks started once the database is open (e.g. store's auto-ship).
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    #: Called at shutdown after the server stopped (e.g. closing outgoing channels).
+    close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    name: str
+    grpc_services: tuple[str, ...]
+    metadata: MetaData
+    build: Callable[[Runtime], ServiceParts]
+
+
+class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Binds trace and correlation context to each call and turns errors into rich statuses."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if (
+            handler is None
+            or handler.unary_unary is None
+            or not details.method.startswith("/phoneseller.")
+        ):
+            return handler
+        behavior = handler.unary_unary
+        method = details.method
+
+        async def handle(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
+            metadata = {k: v for k, v in ctx.invocation_metadata() or () if isinstance(v, str)}
+            order_id = getattr(request, "order_id", "") or metadata.get("x-correlation-id", "")
+            with context.bound(order_id=order_id, parent=metadata.get("traceparent", "")):
+                try:
+                    return await behavior(request, ctx)
+                except errors.ServiceError as exc:
+                    log.info(
+                        "call refused",
+                        extra={"method": method, "code": exc.code.name, "reason": exc.reason},
+                    )
+                    status = exc.to_status(self.service)
+                except (grpc.aio.AbortError, asyncio.CancelledError):
+                    raise
+                except Exception:
+                    log.exception("unexpected error", extra={"method": method})
+                    status = errors.internal(self.service)
+                await ctx.abort(
+                    errors.status_code(status),
+                    status.message,
+                    trailing_metadata=errors.trailing_metadata(status),
+                )
+
+        return grpc.unary_unary_rpc_method_handler(
+            handle,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+async def serve(
+    definition: ServiceDefinition, settings: Settings, stop: asyncio.Event | None = None
+) -> int:
+    """Run a service until SIGTERM/SIGINT (or `stop`), then drain and return the exit code."""
+    logs.configure(settings.service, settings.log_level)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+
+    health = Health(definition.grpc_services)
+    await health.start()
+    database = Database(settings.database_url, tables.metadata, definition.metadata)
+
+    async def bus_state(connected: bool) -> None:
+        await health.set_eventflow_part("bus", connected)
+
+    bus = EventBus(
+        settings.nats_url,
+        stream_replicas=settings.stream_replicas,
+        name=settings.service,
+        on_state_change=bus_state,
+    )
+    runtime = Runtime(settings, database, bus, health)
+    parts = definition.build(runtime)
+
+    server = grpc.aio.server(
+        interceptors=[RequestInterceptor(settings.service)],
+        # Refuse to share a port: two processes on one port would split traffic silently.
+        options=[("grpc.so_reuseport", 0)],
+    )
+    parts.register(server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    reflection.enable_server_reflection(
+        (
+            *PHONESELLER_API,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    server.add_insecure_port(settings.grpc_address)
+    await server.start()
+    log.info(
+        "listening",
+        extra={
+            "address": settings.grpc_address,
+            "database": database.backend,
+            "nats_url": settings.nats_url,
+        },
+    )
+
+    async def relay_health(healthy: bool) -> None:
+        await health.set_eventflow_part("relay", healthy)
+
+    async def start_up() -> list[asyncio.Task[None]]:
+        await database.open()
+        await health.set_ready()
+        tasks = [
+            asyncio.create_task(bus.connect(), name="bus"),
+            asyncio.create_task(
+                OutboxRelay(database, bus, on_health=relay_health).run(), name="outbox-relay"
+            ),
+        ]
+        if parts.consumes is not None:
+            event_types, handler = parts.consumes
+            consumer = EventConsumer(settings.service, database, bus, event_types, handler)
+            tasks.append(asyncio.create_task(consumer.run(), name="consumer"))
+        tasks += [asyncio.create_task(job(), name=job.__name__) for job in parts.background]
+        return tasks
+
+    starting = asyncio.create_task(start_up())
+    await stop.wait()
+
+    log.info(
+        "shutting down: NOT_SERVING, draining",
+        extra={
+            "drain_seconds": settings.shutdown_drain_seconds,
+            "grace_seconds": settings.shutdown_grace_seconds,
+        },
+    )
+    await health.enter_graceful_shutdown()
+    # Let load balancers see NOT_SERVING and stop sending new calls before we refuse them.
+    await asyncio.sleep(settings.shutdown_drain_seconds)
+    await server.stop(settings.shutdown_grace_seconds)
+    tasks = []
+    if starting.done() and not starting.cancelled() and starting.exception() is None:
+        tasks = starting.result()
+    else:
+        starting.cancel()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(starting, *tasks, return_exceptions=True)
+    for close in parts.close:
+        await close()
+    await bus.close()
+    await database.close()
+    log.info("stopped")
+    return 0

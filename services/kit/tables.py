@@ -1,0 +1,72 @@
+"""The kit's own tables, present in every service's database beside the service's tables."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+#: Execution option that makes a SQLite transaction start as a plain (deferred) reader.
+READ_ONLY = "phoneseller_read_only"
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL wants BIGINT identity.
+_Sequence = BigInteger().with_variant(Integer(), "sqlite")
+
+#: Events committed with the changes that caused them, waiting for (or done with) publishing.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("seq", _Sequence, primary_key=True, autoincrement=True),
+    Column("event_id", String(64), nullable=False, unique=True),
+    Column("event_type", String(200), nullable=False),
+    Column("subject", String(200), nullable=False),
+    Column("order_id", String(64), nullable=False),
+    Column("customer_id", String(64), nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("traceparent", String(64), nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("published_at", DateTime(timezone=True), nullable=True),
+)
+
+# The relay only ever looks for unpublished rows: keep that lookup small as the table grows.
+Index(
+    "ix_outbox_unpublished",
+    outbox.c.seq,
+    sqlite_where=outbox.c.published_at.is_(None),
+    postgresql_where=outbox.c.published_at.is_(None),
+)
+
+#: Ids of events this service has handled, written in the handler's transaction.
+inbox = Table(
+    "inbox",
+    metadata,
+    Column("event_id", String(64), primary_key=True),
+    Column("event_type", String(200), nullable=False),
+    Column("handled_at", DateTime(timezone=True), nullable=False),
+)
+
+#: Events that kept failing, parked with their error so they block nothing and are not lost.
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("event_id", String(64), primary_key=True),
+    Column("event_type", String(200), nullable=False),
+    Column("subject", String(200), nullable=False),
+    Column("order_id", String(64), nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("headers", Text, nullable=False),
+    Column("error", Text, nullable=False),
+    Column("deliveries", Integer, nullable=False),
+    Column("parked_at", DateTime(timezone=True), nullable=False),
+)
