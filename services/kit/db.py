@@ -29,11 +29,8 @@ log = logging.getLogger(__name__)
 
 def create_engine(url: str) -> AsyncEngine:
     """An async engine for `url`; SQLite gets WAL, FULL sync and write-locking transactions."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
+    if make_url(url).get_backend_name() != "sqlite":
         return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url, connect_args={"timeout": 30})
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -74,8 +71,11 @@ class Database:
 
     async def open(self, retry_interval: float = 1.0) -> None:
         """Create missing tables, retrying until the database answers."""
+        database_file = make_url(self.url).database
         while True:
             try:
+                if self.backend == "sqlite" and database_file and database_file != ":memory:":
+                    Path(database_file).parent.mkdir(parents=True, exist_ok=True)
                 async with self.engine.begin() as connection:
                     for metadata in self.metadata:
                         await connection.run_sync(metadata.create_all)

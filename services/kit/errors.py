@@ -156,7 +156,8 @@ def retry_delay_seconds(status: status_pb2.Status | None) -> float | None:
         if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             info = error_details_pb2.RetryInfo()
             detail.Unpack(info)
-            return info.retry_delay.ToMilliseconds() / 1000
+            seconds: float = info.retry_delay.ToMilliseconds() / 1000
+            return seconds
     return None
 
 

@@ -159,11 +159,20 @@ class OutboxRelay:
         return len(sent)
 
     async def _publish_all(self, envelopes: list[Envelope]) -> list[PubAck | BaseException]:
+        """Publish all at once and wait for the acks together (one wait, not one per event)."""
         js = self.bus.jetstream
         futures = [
             await js.publish_async(e.subject, e.payload, headers=e.headers()) for e in envelopes
         ]
-        results: list[PubAck | BaseException] = await asyncio.gather(
-            *(asyncio.wait_for(f, self.publish_timeout) for f in futures), return_exceptions=True
-        )
+        _, pending = await asyncio.wait(futures, timeout=self.publish_timeout)
+        for future in pending:
+            future.cancel()
+        results: list[PubAck | BaseException] = []
+        for future in futures:
+            if future.cancelled():
+                results.append(TimeoutError("no acknowledgement from JetStream in time"))
+            elif (error := future.exception()) is not None:
+                results.append(error)
+            else:
+                results.append(future.result())
         return results

@@ -28,7 +28,7 @@ from sqlalchemy import MetaData
 from services.kit import context, errors, logs, tables
 from services.kit.bus import EventBus
 from services.kit.config import Settings
-from services.kit.consumer import EventConsumer, Handler
+from services.kit.consumer import BatchHandler, EventConsumer, Handler
 from services.kit.db import Database
 from services.kit.events import EventTypes
 from services.kit.health import Health
@@ -68,7 +68,7 @@ class ServiceParts:
     #: Adds the service's servicers to the server.
     register: Callable[[grpc.aio.Server], None]
     #: The events this service consumes and its handler for them, if it consumes any.
-    consumes: tuple[EventTypes, Handler] | None = None
+    consumes: tuple[EventTypes, Handler | BatchHandler] | None = None
     #: Long-running tasks started once the database is open (e.g. store's auto-ship).
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     #: Called at shutdown after the server stopped (e.g. closing outgoing channels).
@@ -104,6 +104,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             metadata = {k: v for k, v in ctx.invocation_metadata() or () if isinstance(v, str)}
             order_id = getattr(request, "order_id", "") or metadata.get("x-correlation-id", "")
             with context.bound(order_id=order_id, parent=metadata.get("traceparent", "")):
+                log.debug("call started", extra={"method": method})
                 try:
                     return await behavior(request, ctx)
                 except errors.ServiceError as exc:

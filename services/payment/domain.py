@@ -6,6 +6,7 @@ import enum
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 from google.protobuf.message import Message
 from phoneseller.payment.v1 import events_pb2
@@ -59,7 +60,7 @@ class Payment:
             create_time=now,
             update_time=now,
         )
-        common = {
+        common: dict[str, Any] = {
             "order_id": order_id,
             "customer_id": customer_id,
             "payment_id": payment.payment_id,

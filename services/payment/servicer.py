@@ -53,7 +53,7 @@ class PaymentServicer(pb_grpc.PaymentServiceServicer):
 
     async def Pay(
         self,
-        request: pb.PayRequest,  # noqa: N802 - gRPC method name
+        request: pb.PayRequest,
         context: grpc.aio.ServicerContext,
     ) -> pb.Payment:
         check = Violations()
@@ -98,7 +98,7 @@ class PaymentServicer(pb_grpc.PaymentServiceServicer):
 
     async def GetPayment(
         self,
-        request: pb.GetPaymentRequest,  # noqa: N802
+        request: pb.GetPaymentRequest,
         context: grpc.aio.ServicerContext,
     ) -> pb.Payment:
         check = Violations()
@@ -112,7 +112,7 @@ class PaymentServicer(pb_grpc.PaymentServiceServicer):
 
     async def CancelPayment(
         self,
-        request: pb.CancelPaymentRequest,  # noqa: N802
+        request: pb.CancelPaymentRequest,
         context: grpc.aio.ServicerContext,
     ) -> pb.Payment:
         check = Violations()

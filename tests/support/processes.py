@@ -21,14 +21,16 @@ def health_status(address: str, service: str = "", timeout: float = 1.0) -> int:
     """The grpc.health.v1 status of `service` at `address` (raises if unreachable)."""
     with grpc.insecure_channel(address) as channel:
         response = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout
+        )
         status: int = response.status
         return status
 
 
 def is_serving(address: str, service: str = "") -> bool:
     try:
-        return health_status(address, service) == health_pb2.HealthCheckResponse.SERVING
+        serving: bool = health_status(address, service) == health_pb2.HealthCheckResponse.SERVING
+        return serving
     except grpc.RpcError:
         return False
 
@@ -36,8 +38,15 @@ def is_serving(address: str, service: str = "") -> bool:
 class ServiceProcess:
     """One `phoneseller-server SERVICE` process with its own port, data folder and log."""
 
-    def __init__(self, service: str, run_dir: Path, nats_url: str, *,
-                 port: int | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        service: str,
+        run_dir: Path,
+        nats_url: str,
+        *,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.service = service
         self.run_dir = run_dir
         self.port = port or free_port()
@@ -61,8 +70,12 @@ class ServiceProcess:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.kit.main", self.service], cwd=REPO, env=self.env,
-            stdout=log, stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "services.kit.main", self.service],
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         if wait:
             self.wait_serving()
         return self
@@ -73,6 +86,7 @@ class ServiceProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.service} exited: {self.log_tail()}")
             return is_serving(self.address)
+
         wait_until(ready, timeout=timeout, interval=0.1, message=f"{self.service} SERVING")
 
     def log_tail(self, chars: int = 3000) -> str:

@@ -10,8 +10,13 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-async def eventually(probe: Callable[[], Awaitable[T]], *, timeout: float = 20.0,
-                     interval: float = 0.05, message: str = "condition") -> T:
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> T:
     """Call `probe` until it returns a truthy value (returned) or the deadline passes."""
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
@@ -23,13 +28,20 @@ async def eventually(probe: Callable[[], Awaitable[T]], *, timeout: float = 20.0
         except Exception as exc:  # the condition may raise while not yet true
             last_error = exc
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}"
-                                 + (f" (last error: {last_error!r})" if last_error else ""))
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {message}"
+                + (f" (last error: {last_error!r})" if last_error else "")
+            )
         await asyncio.sleep(interval)
 
 
-def wait_until(probe: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.05,
-               message: str = "condition") -> T:
+def wait_until(
+    probe: Callable[[], T],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> T:
     """Synchronous `eventually`."""
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
@@ -41,6 +53,8 @@ def wait_until(probe: Callable[[], T], *, timeout: float = 20.0, interval: float
         except Exception as exc:
             last_error = exc
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}"
-                                 + (f" (last error: {last_error!r})" if last_error else ""))
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {message}"
+                + (f" (last error: {last_error!r})" if last_error else "")
+            )
         time.sleep(interval)

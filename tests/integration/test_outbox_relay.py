@@ -1,0 +1,143 @@
+"""The outbox relay publishes every committed event exactly once, through SIGKILLs."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from phoneseller.order.v1 import events_pb2
+
+from services.kit import tables
+from services.kit.db import Database
+from services.kit.events import new_event
+from tests.support.jetstream import stream_count, stream_messages
+from tests.support.nats_server import NatsServer
+from tests.support.processes import REPO
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.slow
+
+EVENTS = 10_000
+PER_TRANSACTION = 10
+KILLS = 5
+
+
+class RelayProcess:
+    def __init__(self, database_url: str, nats_url: str, log_path: Path) -> None:
+        self.args = [
+            sys.executable,
+            "-m",
+            "services.kit.tools",
+            "relay",
+            "--database-url",
+            database_url,
+            "--nats-url",
+            nats_url,
+        ]
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            self.args, cwd=REPO, stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT
+        )
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=20)
+
+
+def published_count(path: Path) -> int:
+    with sqlite3.connect(path) as connection:
+        row = connection.execute(
+            "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL"
+        ).fetchone()
+        return int(row[0])
+
+
+async def test_every_event_published_once_while_the_relay_is_killed(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    db_path = tmp_path / "outbox.db"
+    url = f"sqlite+aiosqlite:///{db_path}"
+    database = Database(url, tables.metadata)
+    await database.open()
+    relay = RelayProcess(url, nats_server.url, tmp_path / "relay.log")
+    relay.start()
+    committed: list[str] = []
+
+    async def write() -> None:
+        for batch in range(EVENTS // PER_TRANSACTION):
+            async with database.unit_of_work() as uow:
+                events = [
+                    new_event(
+                        events_pb2.Ordered,
+                        order_id=f"o-{batch}-{i}",
+                        customer_id="c",
+                        item="phone",
+                        quantity=1,
+                        unit_price=10,
+                        amount=10,
+                    )
+                    for i in range(PER_TRANSACTION)
+                ]
+                uow.emit(*events)
+                await uow.commit()
+            committed.extend(e.event_id for e in events)
+
+    async def kill_repeatedly() -> int:
+        kills = 0
+        for _ in range(KILLS):
+            before = published_count(db_path)
+
+            async def progressed(before: int = before) -> bool:
+                return await asyncio.to_thread(lambda: published_count(db_path) > before)
+
+            # Kill only once the relay has made progress, so each life publishes something.
+            await eventually(progressed, timeout=60, message="relay progress")
+            relay.kill()
+            kills += 1
+            relay.start()
+        return kills
+
+    writer = asyncio.create_task(write())
+    kills = await kill_repeatedly()
+    await writer
+    assert kills == KILLS
+    await eventually(
+        lambda: asyncio.to_thread(lambda: published_count(db_path) == EVENTS),
+        timeout=60,
+        message="outbox drained",
+    )
+    assert relay.stop() == 0
+
+    assert await stream_count(nats_server.url) == EVENTS
+    messages = await stream_messages(nats_server.url)
+    ids = [m.headers["Nats-Msg-Id"] for m in messages if m.headers]
+    assert len(ids) == EVENTS
+    assert set(ids) == set(committed), "stream holds exactly the committed events"
+
+    # Republishing rows already sent (a relay dying before marking them) is refused.
+    with sqlite3.connect(db_path) as connection:
+        connection.execute("UPDATE outbox SET published_at = NULL WHERE seq <= 500")
+    relay.start()
+    await eventually(
+        lambda: asyncio.to_thread(lambda: published_count(db_path) == EVENTS),
+        timeout=60,
+        message="republished rows marked",
+    )
+    assert relay.stop() == 0
+    assert await stream_count(nats_server.url) == EVENTS
+    assert '"duplicates_refused": 500' in relay.log_path.read_text()
+    await database.close()
