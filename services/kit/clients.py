@@ -45,5 +45,9 @@ def channel(address: str) -> grpc.aio.Channel:
             ("grpc.service_config", _SERVICE_CONFIG),
             ("grpc.enable_retries", 0),
             ("grpc.keepalive_time_ms", 30_000),
+            # A restarted peer is back within a second; don't wait out a long backoff.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2_000),
         ],
     )

@@ -53,7 +53,8 @@ class ConsumerSettings:
 
     batch_size: int = 512
     fetch_timeout: float = 1.0
-    ack_wait_seconds: float = 30.0
+    #: Redelivery after this long without an ack; handlers take milliseconds.
+    ack_wait_seconds: float = 10.0
     max_ack_pending: int = 4096
     #: Deliveries after which a failing event is parked.
     max_attempts: int = 5

@@ -138,10 +138,13 @@ class Order:
         )
         return True
 
+    # An order has at most one grant and one reversal of the same size, but a reversal may be
+    # announced twice (0 points when the cancel raced ahead of the grant, then the full
+    # amount): keeping the larger figure is right in any order of arrival.
     def points_earned(self, points: int) -> None:
-        self.points_granted = points
+        self.points_granted = max(self.points_granted, points)
         self.update_time = utcnow()
 
     def points_clawed_back(self, points: int) -> None:
-        self.points_reversed = points
+        self.points_reversed = max(self.points_reversed, points)
         self.update_time = utcnow()

@@ -157,6 +157,17 @@ class PaymentServicer(pb_grpc.PaymentServiceServicer):
                 timeout=CLAWBACK_DEADLINE_SECONDS,
             )
         except grpc.aio.AioRpcError as exc:
+            if exc.code() in (
+                grpc.StatusCode.FAILED_PRECONDITION,
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ):
+                # The points system answered, and retrying will not change its mind.
+                raise errors.failed_precondition(
+                    "CLAWBACK_REFUSED",
+                    exc.details() or "the points system refused the clawback",
+                    f"payments/{payment.payment_id}",
+                    {"payment_id": payment.payment_id},
+                ) from None
             delay = errors.retry_delay_seconds(errors.from_rpc_error(exc)) or 1.0
             log.warning(
                 "clawback failed; payment left as it was",

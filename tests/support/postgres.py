@@ -71,8 +71,21 @@ def postgres_user() -> tuple[str | None, str]:
     return _run(_find_user())
 
 
-def require_postgres() -> str:
-    """The user to connect as; skips the calling test loudly when no server answers."""
+def _say(line: str, request: pytest.FixtureRequest | None) -> None:
+    """Print past pytest's output capture, so the line shows even for a passing run."""
+    capture = request.config.pluginmanager.getplugin("capturemanager") if request else None
+    if capture is None:
+        print(line, file=sys.stderr, flush=True)
+        return
+    with capture.global_and_fixture_disabled():
+        print(f"\n{line}", file=sys.stderr, flush=True)
+
+
+def require_postgres(request: pytest.FixtureRequest | None = None) -> str:
+    """The user to connect as; skips the calling test loudly when no server answers.
+
+    Pass the fixture's `request` so that the warning line gets past output capture.
+    """
     user, why = postgres_user()
     if user is not None:
         return user
@@ -80,7 +93,7 @@ def require_postgres() -> str:
     reason = f"PostgreSQL not reachable at {host}:{port} (database {ADMIN_DATABASE!r}): {why}"
     if os.environ.get("PHONESELLER_TEST_REQUIRE_POSTGRES") == "1":
         pytest.fail(f"{reason}; PHONESELLER_TEST_REQUIRE_POSTGRES=1 requires it")
-    print(f"WARNING: skipping PostgreSQL tests: {reason}", file=sys.__stderr__, flush=True)
+    _say(f"WARNING: skipping PostgreSQL tests: {reason}", request)
     warnings.warn(reason, PostgresUnavailableWarning, stacklevel=2)
     pytest.skip(f"SKIPPED LOUDLY: {reason}")
 
@@ -103,12 +116,14 @@ async def _drop(user: str, name: str) -> None:
 
 
 @contextmanager
-def fresh_database(prefix: str = "test") -> Iterator[str]:
+def fresh_database(
+    prefix: str = "test", request: pytest.FixtureRequest | None = None
+) -> Iterator[str]:
     """A new, uniquely named, empty database; yields its SQLAlchemy async URL, then drops it.
 
     Skips (loudly) when PostgreSQL is down; see `require_postgres`.
     """
-    user = require_postgres()
+    user = require_postgres(request)
     safe_prefix = "".join(c for c in prefix.lower() if c.isalnum() or c == "_")[:30]
     name = f"phoneseller_{safe_prefix}_{uuid.uuid4().hex[:12]}"
     _run(_create(user, name))
@@ -122,5 +137,5 @@ def fresh_database(prefix: str = "test") -> Iterator[str]:
 @pytest.fixture
 def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh PostgreSQL database for one test (import this fixture to use it)."""
-    with fresh_database(request.node.name) as url:
+    with fresh_database(request.node.name, request) as url:
         yield url

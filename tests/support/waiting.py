@@ -11,7 +11,7 @@ T = TypeVar("T")
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T]],
+    probe: Callable[[], Awaitable[T | None]],
     *,
     timeout: float = 20.0,
     interval: float = 0.05,
@@ -36,7 +36,7 @@ async def eventually(
 
 
 def wait_until(
-    probe: Callable[[], T],
+    probe: Callable[[], T | None],
     *,
     timeout: float = 20.0,
     interval: float = 0.05,

@@ -1,0 +1,1 @@
+"""Promotion: payback points for paid orders, kept as a ledger per customer."""

@@ -1,0 +1,1 @@
+"""Store: the dealer's side, which ships paid orders (the seed's `store`)."""
