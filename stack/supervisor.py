@@ -32,8 +32,10 @@ class LocalStack:
 
     @classmethod
     def from_env(cls) -> LocalStack:
-        return cls(run_dir=Path(os.environ.get("PHONESELLER_RUN_DIR", REPO / ".run")).resolve(),
-                   nats_port=int(os.environ.get("PHONESELLER_LOCAL_NATS_PORT", "4322")))
+        return cls(
+            run_dir=Path(os.environ.get("PHONESELLER_RUN_DIR", REPO / ".run")).resolve(),
+            nats_port=int(os.environ.get("PHONESELLER_LOCAL_NATS_PORT", "4322")),
+        )
 
     @property
     def config_path(self) -> Path:
@@ -68,27 +70,43 @@ class LocalStack:
             "[rpcinterface:supervisor]\nsupervisor.rpcinterface_factory = "
             "supervisor.rpcinterface:make_main_rpcinterface\n",
             f"[supervisorctl]\nserverurl=unix://{self.socket_path}\n",
-            self._program("nats", f"{BIN / 'nats-server'} -a 127.0.0.1 -p {self.nats_port} -js "
-                                  f"-sd {self.run_dir / 'jetstream'}", {}, logs),
+            self._program(
+                "nats",
+                f"{BIN / 'nats-server'} -a 127.0.0.1 -p {self.nats_port} -js "
+                f"-sd {self.run_dir / 'jetstream'}",
+                {},
+                logs,
+            ),
         ]
         for service in SERVICE_NAMES:
-            sections.append(self._program(
-                service, f"{sys.executable} -m services.kit.main {service}",
-                self.service_env(service), logs))
+            sections.append(
+                self._program(
+                    service,
+                    f"{sys.executable} -m services.kit.main {service}",
+                    self.service_env(service),
+                    logs,
+                )
+            )
         self.config_path.write_text("\n".join(sections))
 
     @staticmethod
     def _program(name: str, command: str, env: dict[str, str], logs: Path) -> str:
         environment = ",".join(f'{k}="{v}"' for k, v in env.items())
-        return (f"[program:{name}]\ncommand={command}\ndirectory={REPO}\n"
-                + (f"environment={environment}\n" if environment else "")
-                + "autostart=true\nautorestart=true\nstartsecs=1\nstartretries=100\n"
-                  "stopsignal=TERM\nstopwaitsecs=20\nstopasgroup=true\nkillasgroup=true\n"
-                  f"stdout_logfile={logs / name}.log\nredirect_stderr=true\n")
+        return (
+            f"[program:{name}]\ncommand={command}\ndirectory={REPO}\n"
+            + (f"environment={environment}\n" if environment else "")
+            + "autostart=true\nautorestart=true\nstartsecs=1\nstartretries=100\n"
+            "stopsignal=TERM\nstopwaitsecs=20\nstopasgroup=true\nkillasgroup=true\n"
+            f"stdout_logfile={logs / name}.log\nredirect_stderr=true\n"
+        )
 
     def _supervisorctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(BIN / "supervisorctl"), "-c", str(self.config_path), *args],
-                              capture_output=True, text=True, check=False)
+        return subprocess.run(
+            [str(BIN / "supervisorctl"), "-c", str(self.config_path), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
 
     def _running(self) -> bool:
         return self.socket_path.exists() and self._supervisorctl("pid").returncode == 0
@@ -99,7 +117,8 @@ class LocalStack:
             try:
                 with grpc.insecure_channel(f"127.0.0.1:{self.ports[service]}") as channel:
                     reply = health_pb2_grpc.HealthStub(channel).Check(
-                        health_pb2.HealthCheckRequest(service=""), timeout=1)
+                        health_pb2.HealthCheckRequest(service=""), timeout=1
+                    )
                 result[service] = reply.status == health_pb2.HealthCheckResponse.SERVING
             except grpc.RpcError:
                 result[service] = False
@@ -119,9 +138,11 @@ class LocalStack:
             print(f"  {service:<10} grpc  127.0.0.1:{self.ports[service]}")
         print(f"  nats       {self.nats_url}")
         print(f"  logs       {self.run_dir / 'logs'}")
-        print("\ntry:  .venv/bin/grpcurl -plaintext -d '{\"customer_id\": \"alice\", \"item\": "
-              "\"Galaxy S25\", \"quantity\": 1, \"unit_price\": 1200000}' "
-              f"127.0.0.1:{self.ports['order']} phoneseller.order.v1.OrderService/PlaceOrder\n")
+        print(
+            '\ntry:  .venv/bin/grpcurl -plaintext -d \'{"customer_id": "alice", "item": '
+            '"Galaxy S25", "quantity": 1, "unit_price": 1200000}\' '
+            f"127.0.0.1:{self.ports['order']} phoneseller.order.v1.OrderService/PlaceOrder\n"
+        )
 
     def up(self) -> int:
         if self._running():

@@ -126,3 +126,35 @@ def running_system(run_dir: Path, env: dict[str, str] | None = None) -> Iterator
         finally:
             system.close()
             nats.stop()
+
+
+async def _table_counts(url: str) -> dict[str, int]:
+    from sqlalchemy import MetaData, func, select
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            metadata = MetaData()
+            await connection.run_sync(metadata.reflect)
+            return {
+                name: int(
+                    (await connection.execute(select(func.count()).select_from(table))).scalar_one()
+                )
+                for name, table in metadata.tables.items()
+            }
+    finally:
+        await engine.dispose()
+
+
+def table_counts(system: System) -> dict[str, dict[str, int]]:
+    """Rows per table in every service's database: proof that a refused call wrote nothing."""
+    import asyncio
+
+    result = {}
+    for service in SERVICES:
+        url = system.database_urls.get(
+            service, f"sqlite+aiosqlite:///{system.run_dir / 'data' / service}.db"
+        )
+        result[service] = asyncio.run(_table_counts(url))
+    return result

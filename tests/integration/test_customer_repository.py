@@ -1,0 +1,299 @@
+"""The customer view's tables on a real SQLite database: batches, copies, statement counts."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from phoneseller.order.v1 import events_pb2 as order_events
+from phoneseller.payment.v1 import events_pb2 as payment_events
+from phoneseller.promotion.v1 import events_pb2 as promotion_events
+from phoneseller.store.v1 import events_pb2 as store_events
+from sqlalchemy import event, func, select, text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from services.customer.domain import (
+    EVENT_TYPES,
+    CustomerHistory,
+    OrderStatus,
+    fact_from_event,
+    history,
+    project,
+)
+from services.customer.projector import project_batch
+from services.customer.repository import CustomerViewRepository, metadata
+from services.kit import tables
+from services.kit.bus import EventBus
+from services.kit.consumer import EventConsumer
+from services.kit.db import Database
+from services.kit.events import envelope_for
+from tests.support.waiting import eventually
+
+T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
+
+
+def saga(
+    path: str,
+    *,
+    customer_id: str,
+    order_id: str | None = None,
+    start: datetime = T0,
+    unit_price: int = 600_000,
+    quantity: int = 2,
+    points_rate: int = 10,
+) -> list[Message]:
+    """The events of one order's saga, as the services publish them, one second apart.
+
+    `path`: "happy" (ordered, paid, points, shipped), "cancel" (ordered, paid, points,
+    points back, payment back, order cancelled) or "decline" (ordered, payment declined).
+    """
+    order_id = order_id or f"order-{uuid.uuid4().hex[:12]}"
+    amount = unit_price * quantity
+    points = amount * points_rate // 100
+    payment_id = f"pay-{order_id}"
+    clock = iter(range(100))
+
+    def common() -> dict[str, Any]:
+        at = Timestamp()
+        at.FromDatetime(start + timedelta(seconds=next(clock)))
+        return {
+            "event_id": str(uuid.uuid4()),
+            "occurred_at": at,
+            "order_id": order_id,
+            "customer_id": customer_id,
+        }
+
+    events: list[Message] = [
+        order_events.Ordered(
+            item="Galaxy S24", quantity=quantity, unit_price=unit_price, amount=amount, **common()
+        )
+    ]
+    if path == "decline":
+        events.append(
+            payment_events.PayDeclined(
+                payment_id=payment_id, amount=amount, reason="above the limit", **common()
+            )
+        )
+        return events
+    events += [
+        payment_events.PayCompleted(payment_id=payment_id, amount=amount, **common()),
+        promotion_events.PromoCompleted(points=points, **common()),
+    ]
+    if path == "happy":
+        events.append(store_events.Shipped(item="Galaxy S24", quantity=quantity, **common()))
+    elif path == "cancel":
+        events += [
+            promotion_events.PromoCancelled(points_reversed=points, **common()),
+            payment_events.PayCancelled(payment_id=payment_id, amount=amount, **common()),
+            order_events.OrderCancelled(reason="changed my mind", **common()),
+        ]
+    else:
+        raise ValueError(path)
+    return events
+
+
+def expected_history(customer_id: str, events: list[Message]) -> CustomerHistory:
+    """What the view must show: the pure projection of the customer's events."""
+    facts = [fact_from_event(e) for e in events if getattr(e, "customer_id", "") == customer_id]
+    by_order: dict[str, list[Any]] = {}
+    for fact in facts:
+        by_order.setdefault(fact.order_id, []).append(fact)
+    return history(customer_id, [project(f) for f in by_order.values()])
+
+
+#: The PostgreSQL server of the project's machines (DESIGN §6); tests skip it if absent.
+POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432"
+
+
+@asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """A new, empty PostgreSQL database, dropped afterwards."""
+    admin = create_async_engine(f"{POSTGRES}/test", isolation_level="AUTOCOMMIT")
+    name = f"customer_view_test_{uuid.uuid4().hex[:12]}"
+    try:
+        async with admin.connect() as connection:
+            await connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except (OSError, SQLAlchemyError) as exc:
+        await admin.dispose()
+        pytest.skip(f"no PostgreSQL at {POSTGRES}: {exc}")
+    try:
+        yield f"{POSTGRES}/{name}"
+    finally:
+        async with admin.connect() as connection:
+            await connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    async with AsyncExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite+aiosqlite:///{tmp_path / 'customer.db'}"
+        else:
+            url = await stack.enter_async_context(postgres_database())
+        db = Database(url, tables.metadata, metadata)
+        await db.open()
+        stack.push_async_callback(db.close)
+        yield db
+
+
+@contextmanager
+def counting_statements(db: Database) -> Iterator[list[str]]:
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not statement.lstrip().upper().startswith(("BEGIN", "COMMIT", "ROLLBACK")):
+            statements.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+
+
+async def apply(db: Database, events: list[Message]) -> int:
+    async with db.unit_of_work() as uow:
+        new = await CustomerViewRepository(uow.connection).apply(
+            [fact_from_event(e) for e in events]
+        )
+        await uow.commit()
+    return new
+
+
+async def read(db: Database, customer_id: str) -> CustomerHistory:
+    async with db.unit_of_work(read_only=True) as uow:
+        return await CustomerViewRepository(uow.connection).history(customer_id)
+
+
+async def test_any_batching_order_and_copies_store_the_pure_projection(database: Database) -> None:
+    rng = random.Random(7)
+    events = [
+        *saga("happy", customer_id="alice"),
+        *saga("cancel", customer_id="alice", start=T0 + timedelta(hours=1)),
+        *saga("decline", customer_id="alice", start=T0 + timedelta(hours=2)),
+        *saga("happy", customer_id="bob"),
+    ]
+    delivered = events + rng.choices(events, k=10)
+    rng.shuffle(delivered)
+    cuts = sorted(rng.sample(range(1, len(delivered)), 6))
+    batches = [delivered[a:b] for a, b in zip([0, *cuts], [*cuts, len(delivered)], strict=True)]
+    applied = [await apply(database, batch) for batch in batches]
+
+    assert sum(applied) == len(events)
+    for customer in ("alice", "bob"):
+        assert await read(database, customer) == expected_history(customer, events)
+    alice = await read(database, "alice")
+    assert [o.status for o in alice.orders] == [
+        OrderStatus.PAYMENT_DECLINED,
+        OrderStatus.CANCELLED,
+        OrderStatus.SHIPPED,
+    ]
+    assert alice.point_balance == 120_000
+    async with database.unit_of_work(read_only=True) as uow:
+        repository = CustomerViewRepository(uow.connection)
+        for order in alice.orders:
+            assert await repository.project_order(order.order_id) == order
+
+
+async def test_applying_again_changes_nothing(database: Database) -> None:
+    events = saga("happy", customer_id="carol")
+    assert await apply(database, events) == 4
+    before = await read(database, "carol")
+    assert await apply(database, events) == 0
+    assert await apply(database, [events[2], events[2]]) == 0
+    assert await read(database, "carol") == before
+    assert before.orders[0].points_granted == 120_000
+
+
+async def test_an_unknown_customer_has_an_empty_history(database: Database) -> None:
+    await apply(database, saga("happy", customer_id="dave"))
+    empty = await read(database, "nobody")
+    assert empty == CustomerHistory("nobody", ())
+    assert empty.point_balance == 0
+
+
+async def test_a_batch_costs_a_fixed_number_of_statements(database: Database) -> None:
+    events = [e for i in range(43) for e in saga("cancel", customer_id=f"c{i % 5}")][:256]
+    assert len(events) == 256
+    with counting_statements(database) as statements:
+        await apply(database, events[:200])
+    assert len(statements) == 4, statements  # lock views, read facts, insert facts, insert views
+    with counting_statements(database) as statements:
+        await apply(database, events[150:])  # 50 copies, 56 new, some orders seen before
+    assert len(statements) == 5, statements  # ... and update the views seen before
+
+
+class FakeMsg:
+    """What the kit's consumer reads of a NATS message on its batch path."""
+
+    def __init__(self, source: Message) -> None:
+        envelope = envelope_for(source)
+        self.subject = envelope.subject
+        self.headers = envelope.headers()
+        self.data = envelope.payload
+        self.acked = False
+
+    async def ack(self) -> None:
+        self.acked = True
+
+
+async def test_the_service_consumer_projects_a_batch_in_one_go(database: Database) -> None:
+    events = [e for i in range(50) for e in saga("happy", customer_id=f"d{i % 7}")][:200]
+    delivered = [*events, *events[:56]]  # copies in the same batch
+    random.Random(3).shuffle(delivered)
+    consumer = EventConsumer(
+        "customer", database, EventBus("nats://unused"), EVENT_TYPES, project_batch
+    )
+    messages = [FakeMsg(e) for e in delivered]
+    with counting_statements(database) as statements:
+        await consumer.handle_batch(messages)  # type: ignore[arg-type]
+    # inbox check + lock views, read facts, insert facts, insert views + inbox rows
+    assert len(statements) == 6, statements
+    assert all(m.acked for m in messages)
+    assert consumer.handled == len(messages)
+    for i in range(7):
+        assert await read(database, f"d{i}") == expected_history(f"d{i}", events)
+    async with database.unit_of_work(read_only=True) as uow:
+        inbox_rows = await uow.connection.scalar(select(func.count()).select_from(tables.inbox))
+    assert inbox_rows == 200
+
+
+async def test_concurrent_batches_about_one_order_both_count_on_postgresql() -> None:
+    """Two replicas' batches about one order: the second waits and projects both."""
+    async with postgres_database() as url:
+        db = Database(url, tables.metadata, metadata)
+        await db.open()
+        try:
+            events = saga("cancel", customer_id="fay")
+            await apply(db, events[:1])
+            async with db.unit_of_work() as first:
+                await CustomerViewRepository(first.connection).apply(
+                    [fact_from_event(e) for e in events[1:3]]
+                )
+                second = asyncio.create_task(apply(db, events[3:]))
+
+                async def second_is_waiting() -> bool:
+                    async with db.engine.connect() as probe:
+                        waiting = await probe.scalar(
+                            text("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                        )
+                        await probe.rollback()
+                    return bool(waiting)
+
+                await eventually(second_is_waiting, timeout=10, message="the second batch waits")
+                await first.commit()
+            assert await second == 3
+            assert await read(db, "fay") == expected_history("fay", events)
+        finally:
+            await db.close()
