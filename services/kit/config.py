@@ -90,7 +90,7 @@ class Settings:
             store_auto_ship_delay_seconds=get_float("STORE_AUTO_SHIP_DELAY_SECONDS", 0.0),
             log_level=get("LOG_LEVEL", "INFO").upper(),
             shutdown_grace_seconds=get_float("SHUTDOWN_GRACE_SECONDS", 10.0),
-            shutdown_drain_seconds=get_float("SHUTDOWN_DRAIN_SECONDS", 1.0),
+            shutdown_drain_seconds=get_float("SHUTDOWN_DRAIN_SECONDS", 2.0),
         )
         if not 0 <= settings.points_rate_percent <= 100:
             raise ConfigError("PHONESELLER_POINTS_RATE_PERCENT must be between 0 and 100")

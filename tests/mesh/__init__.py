@@ -1,0 +1,1 @@
+"""Tests of the local mesh: policy parsing, Envoy rendering, and the real Envoy in between."""
