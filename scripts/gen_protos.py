@@ -198,10 +198,32 @@ def protoc_command(out: Path) -> list[str]:
         f"--pyi_out={py_out}",
         f"--grpc_python_out={py_out}",
         f"--mypy_grpc_out=quiet:{py_out}",
+        *contract_files(),
+    ]
+
+
+#: Not imported by the contracts, but the gateway's transcoder needs them to turn a gRPC error
+#: (google.rpc.Status with ErrorInfo, BadRequest, …) into a JSON body.
+ERROR_PROTOS = ("google/rpc/status.proto", "google/rpc/error_details.proto")
+
+
+def descriptor_command(out: Path) -> list[str]:
+    """The protoc command that writes the descriptor set for Envoy's grpc_json_transcoder."""
+    return [
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        "-I",
+        "protos",
+        "-I",
+        DEPS_DIR.relative_to(REPO).as_posix(),
+        "-I",
+        str(grpc_tools_include()),
         f"--descriptor_set_out={out / DESCRIPTORS_REL}",
         "--include_imports",
         "--include_source_info",
         *contract_files(),
+        *ERROR_PROTOS,
     ]
 
 
@@ -230,7 +252,7 @@ def generate(out: Path) -> None:
     """Generate everything into the empty folder `out` (laid out like gen/)."""
     prepare_deps()
     (out / PY_OUT_REL).mkdir(parents=True)
-    if run(protoc_command(out)) != 0:
+    if run(protoc_command(out)) != 0 or run(descriptor_command(out)) != 0:
         raise GenError("protoc failed")
     finish_python_tree(out)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from stack import supervisor
@@ -15,8 +16,21 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("up", help="start everything in the background and wait until ready")
     commands.add_parser("down", help="stop what `up` started")
     commands.add_parser("status", help="show each process and its health")
+    fault = commands.add_parser("fault", help="inject a fault on a destination (Envoy restarts)")
+    fault.add_argument("service", help="the destination, e.g. promotion")
+    fault.add_argument(
+        "fault",
+        nargs="?",
+        default="",
+        help='Istio HTTPFaultInjection as JSON, e.g. \'{"delay": {"fixedDelay": '
+        '"1s", "percentage": {"value": 100}}}\'; omit to remove the fault',
+    )
     args = parser.parse_args(argv)
     stack = supervisor.LocalStack.from_env()
+    if args.command == "fault":
+        stack.set_fault(args.service, json.loads(args.fault) if args.fault else None)
+        print(f"fault on {args.service}: {args.fault or 'none'}")
+        return 0
     handlers = {"run": stack.run, "up": stack.up, "down": stack.down, "status": stack.status}
     return handlers[args.command]()
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import sqlalchemy.exc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from phoneseller.customer.v1 import customer_service_pb2
@@ -35,6 +36,15 @@ from services.kit.health import Health
 from services.kit.outbox import OutboxRelay
 
 log = logging.getLogger(__name__)
+
+#: Failures that mean "the database is not reachable now" rather than "this code is wrong".
+DATABASE_UNREACHABLE = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
 
 #: Every phoneseller service answers reflection for all of them, so that `grpcurl list`
 #: through the gateway shows the whole API whichever replica it reaches.
@@ -115,6 +125,17 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     status = exc.to_status(self.service)
                 except (grpc.aio.AbortError, asyncio.CancelledError):
                     raise
+                except DATABASE_UNREACHABLE as exc:
+                    # Transient by nature: the caller (or the mesh) should try again, maybe
+                    # on another replica; not an INTERNAL bug.
+                    log.warning(
+                        "database unreachable", extra={"method": method, "error": str(exc)[:300]}
+                    )
+                    status = errors.unavailable(
+                        "DATABASE_UNAVAILABLE",
+                        "the service cannot reach its database now; try again shortly",
+                        retry_after_seconds=1.0,
+                    ).to_status(self.service)
                 except Exception:
                     log.exception("unexpected error", extra={"method": method})
                     status = errors.internal(self.service)
