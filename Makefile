@@ -57,6 +57,10 @@ lint: $(STAMP) ## buf lint + format, generated-code drift, ruff, mypy
 test: lint ## Run every test (unit, integration, e2e, chart, mesh) after the linters
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+.PHONY: smoke
+smoke: $(STAMP) ## Run the README's commands as printed against a fresh system (part of make test)
+	$(BIN)/pytest tests/e2e/test_readme.py $(PYTEST_ARGS)
+
 .PHONY: test-fast
 test-fast: $(STAMP) ## Unit tests only
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
