@@ -119,7 +119,7 @@ def validate_kubernetes(obj: Obj) -> None:
 
 # --- Istio CRD schemas ---------------------------------------------------------------------
 
-_DURATION = re.compile(r"^(\d+(\.\d+)?(h|m|s|ms|us|µs|ns))+$")
+_DURATION = re.compile(r"^(\d+(\.\d+)?(ms|us|µs|ns|h|m|s))+$")
 _DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
 
@@ -129,7 +129,7 @@ def duration_seconds(text: str) -> float:
         raise ValueError(f"{text!r} is not a duration")
     return sum(
         float(number) * _DURATION_UNITS[unit]
-        for number, _, unit in re.findall(r"(\d+(\.\d+)?)(h|m|s|ms|us|µs|ns)", text)
+        for number, _, unit in re.findall(r"(\d+(\.\d+)?)(ms|us|µs|ns|h|m|s)", text)
     )
 
 
