@@ -37,6 +37,7 @@ VALUES = REPO / "helm" / "phoneseller" / "values.yaml"
 DESCRIPTORS = REPO / "gen" / "descriptors.binpb"
 #: Replica r of a service listens on its port + REPLICA_PORT_STEP * r (50051, 50061, …).
 REPLICA_PORT_STEP = 10
+SERVICES_GROUP = "services"
 
 
 def _env_int(name: str, default: int) -> int:
@@ -114,9 +115,17 @@ class LocalStack:
             return self.instance_ports[service][replica]
         return self.ports[service] + REPLICA_PORT_STEP * replica
 
-    def program(self, service: str, replica: int) -> str:
-        """The supervisord program name of a replica: `order-0`, `order-1`, …"""
+    def replica_name(self, service: str, replica: int) -> str:
+        """A replica's name: `order-0`, `order-1`, … (its log file, its `replica_env` key)."""
         return f"{service}-{replica}"
+
+    def program(self, service: str, replica: int) -> str:
+        """What supervisorctl calls a replica: `services:order-0`.
+
+        All replicas form one supervisord group, because supervisord stops groups one after
+        another: as one group they drain in parallel and `down` takes one drain, not ten.
+        """
+        return f"{SERVICES_GROUP}:{self.replica_name(service, replica)}"
 
     def programs(self, service: str) -> list[str]:
         return [self.program(service, r) for r in range(self.replicas)]
@@ -161,7 +170,7 @@ class LocalStack:
             "PHONESELLER_PROMOTION_ADDRESS": str(sidecars["promotion"]),
             "PYTHONUNBUFFERED": "1",
             **self.service_env.get(service, {}),
-            **self.replica_env.get(self.program(service, replica), {}),
+            **self.replica_env.get(self.replica_name(service, replica), {}),
         }
 
     def write_config(self) -> None:
@@ -193,12 +202,16 @@ class LocalStack:
             for replica in range(self.replicas):
                 sections.append(
                     self._program(
-                        self.program(service, replica),
+                        self.replica_name(service, replica),
                         f"{sys.executable} -m services.kit.main {service}",
                         self.env_for(service, replica),
                         priority=30,
                     )
                 )
+        replicas = ",".join(
+            self.replica_name(s, r) for s in SERVICE_NAMES for r in range(self.replicas)
+        )
+        sections.append(f"[group:{SERVICES_GROUP}]\nprograms={replicas}\npriority=30\n")
         self.config_path.write_text("\n".join(sections))
 
     def _program(self, name: str, command: str, env: Mapping[str, str], priority: int) -> str:
@@ -253,7 +266,7 @@ class LocalStack:
     def health(self) -> dict[str, bool]:
         """SERVING per replica (asked directly), and the gateway with every cluster healthy."""
         result = {
-            self.program(s, r): self._serving(f"127.0.0.1:{self.replica_port(s, r)}")
+            self.replica_name(s, r): self._serving(f"127.0.0.1:{self.replica_port(s, r)}")
             for s in SERVICE_NAMES
             for r in range(self.replicas)
         }

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,6 +54,40 @@ def readme_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStac
 def test_the_first_two_commands_are_make_run_and_make_test() -> None:
     first = readme_blocks("# phoneseller", "## Use it")[0].splitlines()
     assert [line.split("#")[0].strip() for line in first[:2]] == ["make run", "make test"]
+
+
+def test_make_run_comes_up_in_the_foreground_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    """What `make run` runs (python -m stack run): ready, endpoints printed, then Ctrl-C."""
+    stack = LocalStack(run_dir=tmp_path)
+    busy = [
+        p for p in (stack.gateway_port, stack.admin_port, *stack.ports.values()) if port_in_use(p)
+    ]
+    if busy:
+        pytest.skip(f"SKIPPED LOUDLY: ports {busy} are taken (is `make up` running?)")
+    env = {**os.environ, "PHONESELLER_RUN_DIR": str(tmp_path)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stack", "run"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    seen = []
+    try:
+        for line in process.stdout:  # ends when the process closes its output
+            seen.append(line)
+            if "running; Ctrl-C stops everything" in line:
+                break
+        output = "".join(seen)
+        assert "phoneseller is up" in output, output
+        assert f"gateway    {stack.gateway}" in output
+        assert all(stack.health().values())
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == 0
+    assert not any(stack.health().values()), "Ctrl-C stopped every process"
 
 
 def test_every_command_under_use_it_runs_as_printed(
