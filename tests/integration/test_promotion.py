@@ -20,20 +20,19 @@ import nats
 import pytest
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from phoneseller.payment.v1 import events_pb2 as payment_events
 from phoneseller.promotion.v1 import events_pb2 as promotion_events
 from phoneseller.promotion.v1 import promotion_service_pb2 as pb
 from phoneseller.promotion.v1 import promotion_service_pb2_grpc as pb_grpc
 
 from services.kit.bus import stream_config
-from services.kit.events import MSG_ID, STREAM, Envelope, EventTypes, envelope_for, new_event
+from services.kit.events import EventTypes, new_event
+from tests.support.jetstream import events_about, publish_events
 from tests.support.nats_server import NatsServer
 from tests.support.postgres import fresh_database
 from tests.support.processes import ServiceProcess
+from tests.support.rich_errors import unpack_status
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
@@ -100,39 +99,12 @@ def pay_completed(order_id: str, customer_id: str, amount: int) -> payment_event
     )
 
 
-async def publish(js: JetStreamContext, event: Message, *, dedupe: bool = True) -> PubAck:
-    """Publish as the outbox relay does; `dedupe=False` drops `Nats-Msg-Id` so that JetStream
-    stores a copy it would otherwise refuse, and the consumer's inbox has to catch it."""
-    envelope = envelope_for(event)
-    headers = envelope.headers()
-    if not dedupe:
-        del headers[MSG_ID]
-    ack: PubAck = await js.publish(envelope.subject, envelope.payload, headers=headers)
-    return ack
+publish = publish_events
 
 
 async def published(js: JetStreamContext, order_id: str) -> list[Message]:
-    """What promotion published about an order, oldest first, read with an ephemeral consumer."""
-    subscription = await js.pull_subscribe(
-        "phoneseller.promotion.>",
-        stream=STREAM,
-        config=ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL),
-    )
-    try:
-        pending = (await subscription.consumer_info()).num_pending or 0
-        messages: list[Msg] = []
-        while len(messages) < pending:
-            messages += await subscription.fetch(pending - len(messages), timeout=5)
-    finally:
-        await subscription.unsubscribe()
-    events = []
-    for msg in messages:
-        envelope = Envelope.from_message(msg.subject, msg.headers, msg.data)
-        if envelope.order_id == order_id:
-            event = PROMOTION_EVENTS.decode(envelope)
-            assert getattr(event, "event_id", None) == envelope.event_id
-            events.append(event)
-    return events
+    """What promotion published about an order, oldest first."""
+    return await events_about(js, "phoneseller.promotion.>", PROMOTION_EVENTS, order_id)
 
 
 def summary(events: list[Message]) -> list[tuple[str, int]]:
@@ -218,7 +190,7 @@ async def test_a_payment_seen_twice_is_granted_once(
     await publish(js, event)
     # The very same event again (a relay republishing after a crash, past JetStream's
     # de-duplication), and another event for the same order (a payment retried upstream).
-    copy = await publish(js, event, dedupe=False)
+    (copy,) = await publish(js, event, dedupe=False)
     assert not copy.duplicate, "JetStream must store the copy for the test to mean anything"
     await publish(js, pay_completed(order_id, customer_id, 50_000))
     await barrier(stub, js)
@@ -375,23 +347,7 @@ async def test_unknown_customer_has_balance_zero(stub: pb_grpc.PromotionServiceS
 
 
 def rich_error(error: grpc.aio.AioRpcError) -> tuple[error_details_pb2.ErrorInfo, list[Message]]:
-    status = rpc_status.from_call(error)
-    assert status is not None, "the error has no google.rpc.Status detail"
-    assert status.code == error.code().value[0]
-    info = error_details_pb2.ErrorInfo()
-    others: list[Message] = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            detail.Unpack(info)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad_request = error_details_pb2.BadRequest()
-            detail.Unpack(bad_request)
-            others.append(bad_request)
-        elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
-            failure = error_details_pb2.PreconditionFailure()
-            detail.Unpack(failure)
-            others.append(failure)
-    assert info.domain == "phoneseller"
+    info, others = unpack_status(error)
     assert info.metadata["service"] == "promotion"
     return info, others
 

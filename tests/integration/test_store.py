@@ -23,10 +23,7 @@ import nats
 import pytest
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from phoneseller.order.v1 import events_pb2 as order_events
 from phoneseller.payment.v1 import events_pb2 as payment_events
 from phoneseller.store.v1 import events_pb2 as store_events
@@ -34,10 +31,12 @@ from phoneseller.store.v1 import store_service_pb2 as pb
 from phoneseller.store.v1 import store_service_pb2_grpc as pb_grpc
 
 from services.kit.bus import stream_config
-from services.kit.events import MSG_ID, STREAM, Envelope, EventTypes, envelope_for, new_event
+from services.kit.events import EventTypes, new_event
+from tests.support.jetstream import events_about, publish_events
 from tests.support.nats_server import NatsServer
 from tests.support.postgres import fresh_database
 from tests.support.processes import ServiceProcess
+from tests.support.rich_errors import unpack_status
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
@@ -164,42 +163,14 @@ class Order:
         )
 
 
-async def publish(js: JetStreamContext, *events: Message, dedupe: bool = True) -> list[PubAck]:
-    """Publish as the outbox relays do; `dedupe=False` drops `Nats-Msg-Id` so that JetStream
-    stores copies it would otherwise refuse, and the consumer's inbox has to catch them."""
-    acks = []
-    for event in events:
-        envelope = envelope_for(event)
-        headers = envelope.headers()
-        if not dedupe:
-            del headers[MSG_ID]
-        acks.append(await js.publish(envelope.subject, envelope.payload, headers=headers))
-    return acks
+publish = publish_events
 
 
 async def shipped_events(js: JetStreamContext, order_id: str) -> list[store_events.Shipped]:
-    """The Shipped events of an order in the stream, read with an ephemeral consumer."""
-    subscription = await js.pull_subscribe(
-        "phoneseller.store.>",
-        stream=STREAM,
-        config=ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL),
-    )
-    try:
-        pending = (await subscription.consumer_info()).num_pending or 0
-        messages: list[Msg] = []
-        while len(messages) < pending:
-            messages += await subscription.fetch(pending - len(messages), timeout=5)
-    finally:
-        await subscription.unsubscribe()
-    events = []
-    for msg in messages:
-        envelope = Envelope.from_message(msg.subject, msg.headers, msg.data)
-        if envelope.order_id == order_id:
-            event = STORE_EVENTS.decode(envelope)
-            assert isinstance(event, store_events.Shipped)
-            assert event.event_id == envelope.event_id
-            events.append(event)
-    return events
+    """The Shipped events of an order in the stream."""
+    events = await events_about(js, "phoneseller.store.>", STORE_EVENTS, order_id)
+    assert all(isinstance(e, store_events.Shipped) for e in events)
+    return events  # type: ignore[return-value]
 
 
 async def listing(
@@ -265,25 +236,7 @@ async def barrier(stub: pb_grpc.StoreServiceStub, js: JetStreamContext) -> None:
 
 
 def rich_error(error: grpc.aio.AioRpcError) -> tuple[error_details_pb2.ErrorInfo, list[Message]]:
-    status = rpc_status.from_call(error)
-    assert status is not None, "the error has no google.rpc.Status detail"
-    assert status.code == error.code().value[0]
-    info = error_details_pb2.ErrorInfo()
-    others: list[Message] = []
-    for detail in status.details:
-        for kind in (
-            error_details_pb2.BadRequest,
-            error_details_pb2.PreconditionFailure,
-            error_details_pb2.RetryInfo,
-            error_details_pb2.ResourceInfo,
-        ):
-            if detail.Is(kind.DESCRIPTOR):
-                message = kind()
-                detail.Unpack(message)
-                others.append(message)
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            detail.Unpack(info)
-    assert info.domain == "phoneseller"
+    info, others = unpack_status(error)
     assert info.metadata["service"] == "store"
     return info, others
 
