@@ -16,7 +16,7 @@ from typing import Any, Self
 
 from google.protobuf.message import Message
 from sqlalchemy import MetaData, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from services.kit import errors
@@ -50,6 +50,17 @@ def create_engine(url: str) -> AsyncEngine:
         # fail with SQLITE_BUSY instead of waiting when replicas share the file.
         read_only = connection.get_execution_options().get(READ_ONLY, False)
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> None:
+        # A cancelled call (client gone, deadline, shutdown) interrupts us while aiosqlite's
+        # thread still runs the statement. SQLAlchemy would then hard-close the connection
+        # without closing its cursor; SQLite keeps such a connection, and its write lock, until
+        # the cursor is garbage-collected, and every writer of the file (all replicas) waits.
+        # The connection is fine (its thread runs the statement to the end), so keep it: the
+        # unit of work's ROLLBACK follows that statement and releases the lock at once.
+        if isinstance(context.original_exception, asyncio.CancelledError):
+            context.is_disconnect = False
 
     return engine
 

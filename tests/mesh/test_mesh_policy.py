@@ -64,7 +64,7 @@ def test_values_load_with_the_numbers_of_the_chart(policy: MeshPolicy) -> None:
     assert claw.retries == Retries(
         attempts=2,
         per_try_timeout=Duration.of_millis(200),
-        retry_on="unavailable,cancelled,connect-failure,refused-stream,reset",
+        retry_on="unavailable,cancelled,connect-failure,refused-stream,reset,deadline-exceeded",
     )
     default = promo.route_for("GetPointBalance")
     assert default is not None
