@@ -1,0 +1,377 @@
+"""The mesh's resilience policy on the whole system: real supervisord, Envoy, services, NATS.
+
+Two stories of the seed, driven through the gateway as a client meets them:
+
+- the points system is overloaded (a 1 s delay injected on promotion): cancels fail fast with
+  UNAVAILABLE + RetryInfo (the circuit breaker of `outbound|promotion` trips, or the clawback's
+  route timeout ends them), nothing is half-done (no payment cancelled without its clawback),
+  and once promotion is fast again the same cancels, retried as RetryInfo asks, all succeed;
+- one promotion replica loses its database (its PostgreSQL link is cut by a TCP proxy) but
+  keeps reporting SERVING: Envoy retries its UNAVAILABLE answers on the other replica (and
+  ejects it), so every clawback succeeds.
+
+The numbers (timeouts, pool sizes) are read from the chart's values, as the mesh renders them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from phoneseller.order.v1 import order_service_pb2 as order_pb
+from phoneseller.order.v1 import order_service_pb2_grpc as order_grpc
+from phoneseller.payment.v1 import payment_service_pb2 as payment_pb
+from phoneseller.payment.v1 import payment_service_pb2_grpc as payment_grpc
+from phoneseller.promotion.v1 import promotion_service_pb2 as promotion_pb
+from phoneseller.promotion.v1 import promotion_service_pb2_grpc as promotion_grpc
+from sqlalchemy.engine import make_url
+
+from mesh.policy import MeshPolicy, load_policy
+from stack.supervisor import VALUES, LocalStack
+from tests.e2e.saga import error_details, honouring_retry_info
+from tests.support.postgres import fresh_database
+from tests.support.stack import admin, running_stack, stack_on_free_ports
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.slow
+
+POLICY: MeshPolicy = load_policy(VALUES)
+OUTBOUND_PROMOTION = "outbound|promotion"
+#: The fault that makes the points system slow: longer than the clawback may take.
+DELAY = {"delay": {"fixedDelay": "1s", "percentage": {"value": 100}}}
+DELAY_SECONDS = 1.0
+#: Scheduling slack for a call that passes gateway → order → payment → Envoy on 2 cores.
+SLACK = 0.3
+ORDERS = 12
+#: Cancels while promotion-1 has no database. Envoy picks a replica per attempt at random
+#: (LEAST_REQUEST, two choices, all idle), in runs of one replica now and then: enough cancels
+#: that replica 1 surely gets some, and more than the 3 failures that eject it.
+CANCELS_AROUND_A_CUT = 20
+
+
+# --- the policy's numbers ------------------------------------------------------------------
+
+
+def clawback_numbers() -> tuple[float, float, int]:
+    """(route timeout, per-try timeout, calls the pool admits at once) of ClawBackPoints."""
+    route = POLICY["promotion"].route_for("ClawBackPoints")
+    assert route is not None and route.timeout is not None
+    assert route.retries is not None and route.retries.per_try_timeout is not None
+    pool = POLICY["promotion"].traffic_policy.connection_pool
+    assert pool is not None and pool.http is not None
+    admitted = (pool.http.http2_max_requests or 0) + (pool.http.http1_max_pending_requests or 0)
+    assert 0 < admitted < ORDERS, "the test needs more concurrent cancels than the pool admits"
+    return route.timeout.seconds, route.retries.per_try_timeout.seconds, admitted
+
+
+# --- the system as a client sees it ----------------------------------------------------------
+
+
+@dataclass
+class Gateway:
+    """The generated stubs over one channel to the gateway."""
+
+    channel: grpc.Channel
+
+    @classmethod
+    def of(cls, address: str) -> Gateway:
+        return cls(grpc.insecure_channel(address))
+
+    @property
+    def orders(self) -> order_grpc.OrderServiceStub:
+        return order_grpc.OrderServiceStub(self.channel)
+
+    @property
+    def payments(self) -> payment_grpc.PaymentServiceStub:
+        return payment_grpc.PaymentServiceStub(self.channel)
+
+    @property
+    def promotion(self) -> promotion_grpc.PromotionServiceStub:
+        return promotion_grpc.PromotionServiceStub(self.channel)
+
+    def place(self, customer: str, unit_price: int) -> order_pb.Order:
+        order: order_pb.Order = self.orders.PlaceOrder(
+            order_pb.PlaceOrderRequest(
+                customer_id=customer,
+                item="Galaxy S25",
+                quantity=1,
+                unit_price=unit_price,
+                request_id=uuid.uuid4().hex,
+            ),
+            timeout=10,
+        )
+        assert order.status == order_pb.ORDER_STATUS_PAID, order
+        return order
+
+    def get_order(self, order_id: str) -> order_pb.Order:
+        order: order_pb.Order = self.orders.GetOrder(
+            order_pb.GetOrderRequest(order_id=order_id), timeout=5
+        )
+        return order
+
+    def cancel(self, order_id: str, timeout: float = 10) -> order_pb.Order:
+        order: order_pb.Order = self.orders.CancelOrder(
+            order_pb.CancelOrderRequest(order_id=order_id, request_id=f"cancel-{order_id}"),
+            timeout=timeout,
+        )
+        return order
+
+    def payment(self, payment_id: str) -> payment_pb.Payment:
+        payment: payment_pb.Payment = self.payments.GetPayment(
+            payment_pb.GetPaymentRequest(payment_id=payment_id), timeout=5
+        )
+        return payment
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def balance(
+    stub: promotion_grpc.PromotionServiceStub, customer: str, timeout: float = 5
+) -> promotion_pb.PointBalance:
+    result: promotion_pb.PointBalance = stub.GetPointBalance(
+        promotion_pb.GetPointBalanceRequest(customer_id=customer), timeout=timeout
+    )
+    return result
+
+
+def place_and_wait_for_points(gateway: Gateway, customer: str, n: int) -> list[order_pb.Order]:
+    """`n` paid orders of one customer, each with its 10 % points granted (asynchronously)."""
+    placed = [gateway.place(customer, 1_000_000 + 10_000 * i) for i in range(n)]
+
+    def all_granted() -> list[order_pb.Order] | None:
+        current = [gateway.get_order(o.order_id) for o in placed]
+        return current if all(o.payback_points == o.amount // 10 for o in current) else None
+
+    return wait_until(all_granted, timeout=30, interval=0.1, message="points granted on orders")
+
+
+def clawback_ledger(
+    gateway: Gateway,
+    promotion: promotion_grpc.PromotionServiceStub,
+    customer: str,
+    orders: list[order_pb.Order],
+) -> dict[str, tuple[payment_pb.PaymentStatus, bool]]:
+    """Per order: (payment status, has a REVERSAL ledger entry). Asserts the invariant that no
+    payment is cancelled without its clawback, and no clawback happened without the cancel."""
+    entries = balance(promotion, customer).entries
+    reversed_orders = {
+        e.order_id for e in entries if e.kind == promotion_pb.LEDGER_ENTRY_KIND_REVERSAL
+    }
+    found = {
+        o.order_id: (gateway.payment(o.payment_id).status, o.order_id in reversed_orders)
+        for o in orders
+    }
+    for order_id, (status, clawed_back) in found.items():
+        assert (status == payment_pb.PAYMENT_STATUS_CANCELLED) == clawed_back, (
+            f"order {order_id}: payment {payment_pb.PaymentStatus.Name(status)} but "
+            f"clawback {'done' if clawed_back else 'not done'}"
+        )
+    return found
+
+
+def wait_healthy(stack: LocalStack, why: str) -> None:
+    assert stack.wait_ready(60), f"the stack is not healthy again after {why}: {stack.health()}"
+
+
+# --- (1) circuit breaker ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    order_id: str
+    seconds: float
+    code: grpc.StatusCode | None
+    details: dict[str, object]
+    message: str
+
+
+def cancel_timed(gateway: Gateway, order_id: str, start: threading.Barrier) -> Outcome:
+    start.wait(10)
+    began = time.monotonic()
+    try:
+        gateway.cancel(order_id)
+    except grpc.RpcError as exc:
+        return Outcome(
+            order_id, time.monotonic() - began, exc.code(), error_details(exc), exc.details() or ""
+        )
+    return Outcome(order_id, time.monotonic() - began, None, {}, "")
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[LocalStack]:
+    with running_stack(stack_on_free_ports(tmp_path / "stack")) as running:
+        yield running
+
+
+def test_an_overloaded_points_system_fails_cancels_fast_and_half_does_nothing(
+    stack: LocalStack,
+) -> None:
+    route_timeout, per_try_timeout, admitted = clawback_numbers()
+    assert route_timeout + SLACK < DELAY_SECONDS, "the delay must outlast the clawback"
+    gateway = Gateway.of(stack.gateway)
+    customer = f"breaker-{uuid.uuid4().hex[:8]}"
+    try:
+        orders = place_and_wait_for_points(gateway, customer, ORDERS)
+        points = sum(o.payback_points for o in orders)
+        assert balance(gateway.promotion, customer).balance == points
+
+        stack.set_fault("promotion", DELAY)
+        wait_healthy(stack, "Envoy restarted with the delay")
+        envoy = admin(stack)
+        before = envoy.cluster_stats(OUTBOUND_PROMOTION)
+
+        start = threading.Barrier(len(orders))
+        with ThreadPoolExecutor(len(orders)) as pool:
+            outcomes = list(pool.map(lambda o: cancel_timed(gateway, o.order_id, start), orders))
+        summary = sorted((round(o.seconds, 3), o.details.get("reason")) for o in outcomes)
+        print(f"cancels under a {DELAY_SECONDS}s delay: {summary}")
+
+        for outcome in outcomes:
+            assert outcome.code is grpc.StatusCode.UNAVAILABLE, outcome
+            assert outcome.details.get("reason") == "PROMOTION_UNAVAILABLE", outcome
+            retry_delay = outcome.details.get("retry_delay")
+            assert isinstance(retry_delay, float) and retry_delay > 0, outcome
+            # Never waits out the slow points system: the mesh ends every clawback by its
+            # policy (circuit breaker at once, else the 610 ms route timeout).
+            assert outcome.seconds < route_timeout + SLACK, outcome
+        fast = [o for o in outcomes if o.seconds < per_try_timeout]
+        slow = [o for o in outcomes if o.seconds >= per_try_timeout]
+        # Beyond what the pool admits, cancels are refused at once (overflow), well before
+        # a single try of the clawback could even time out.
+        assert len(fast) >= len(orders) - admitted, summary
+        assert 1 <= len(slow) <= admitted, summary
+        for outcome in slow:
+            assert outcome.seconds >= per_try_timeout - 0.02, outcome
+
+        stats = envoy.cluster_stats(OUTBOUND_PROMOTION)
+        overflow = sum(
+            stats.get(k, 0) - before.get(k, 0)
+            for k in ("upstream_rq_pending_overflow", "upstream_rq_active_overflow")
+        )
+        ejected = stats.get("outlier_detection.ejections_enforced_total", 0)
+        print(f"{OUTBOUND_PROMOTION}: overflow {overflow}, ejections {ejected}, stats {stats}")
+        assert overflow > 0 or ejected > 0, stats
+
+        # Nothing half-done: every payment still PAID, every point still there.
+        ledger = clawback_ledger(gateway, gateway.promotion, customer, orders)
+        assert all(status == payment_pb.PAYMENT_STATUS_PAID for status, _ in ledger.values())
+        assert balance(gateway.promotion, customer).balance == points
+        for order in orders:
+            current = gateway.get_order(order.order_id)
+            assert current.status == order_pb.ORDER_STATUS_PAID, current
+            assert current.payback_points == order.payback_points, current
+
+        stack.set_fault("promotion", None)
+        wait_healthy(stack, "Envoy restarted without the delay")
+
+        for order in orders:
+            cancelled = honouring_retry_info(lambda o=order: gateway.cancel(o.order_id))  # type: ignore[misc]
+            assert cancelled.status == order_pb.ORDER_STATUS_CANCELLED, cancelled
+            assert cancelled.payback_points == 0, cancelled
+        ledger = clawback_ledger(gateway, gateway.promotion, customer, orders)
+        assert all(status == payment_pb.PAYMENT_STATUS_CANCELLED for status, _ in ledger.values())
+        assert balance(gateway.promotion, customer).balance == 0
+    finally:
+        gateway.close()
+        stack.set_fault("promotion", None)
+
+
+# --- (2) retries ------------------------------------------------------------------------------
+
+
+def test_a_replica_without_its_database_is_retried_around(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    route = POLICY["promotion"].route_for("ClawBackPoints")
+    assert route is not None and route.retries is not None and route.retries.attempts > 0
+    assert "unavailable" in (route.retries.retry_on or "")
+    with fresh_database("mesh_retries", request) as url:
+        database = make_url(url)
+        assert database.host is not None and database.port is not None
+        with TcpProxy(database.host, database.port) as proxy:
+            through_proxy = database.set(port=proxy.port).render_as_string(hide_password=False)
+            configured = stack_on_free_ports(
+                tmp_path / "stack",
+                replicas=2,
+                service_env={"promotion": {"PHONESELLER_DATABASE_URL": url}},
+                replica_env={"promotion-1": {"PHONESELLER_DATABASE_URL": through_proxy}},
+            )
+            with running_stack(configured) as stack:
+                retried_around_a_cut_database(stack, proxy)
+
+
+def retried_around_a_cut_database(stack: LocalStack, proxy: TcpProxy) -> None:
+    gateway = Gateway.of(stack.gateway)
+    # Each replica asked directly (behind the mesh), to see what it answers on its own.
+    direct = [
+        grpc.insecure_channel(f"127.0.0.1:{stack.replica_port('promotion', r)}") for r in (0, 1)
+    ]
+    replica0, replica1 = (promotion_grpc.PromotionServiceStub(c) for c in direct)
+    customer = f"retry-{uuid.uuid4().hex[:8]}"
+    try:
+        orders = place_and_wait_for_points(gateway, customer, CANCELS_AROUND_A_CUT)
+        points = sum(o.payback_points for o in orders)
+        assert balance(replica1, customer).balance == points, "replica 1 reads via the proxy"
+        assert proxy.accepted > 0
+
+        proxy.cut()
+
+        def refused() -> dict[str, object] | None:
+            try:
+                balance(replica1, customer)
+            except grpc.RpcError as exc:
+                if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                    return error_details(exc)
+                raise
+            return None
+
+        details = wait_until(refused, timeout=15, message="replica 1 answers UNAVAILABLE")
+        assert details.get("reason") == "DATABASE_UNAVAILABLE", details
+        health = stack.health()
+        assert health["promotion-1"], f"replica 1 keeps reporting SERVING: {health}"
+        envoy = admin(stack)
+        assert envoy.healthy_hosts(OUTBOUND_PROMOTION) == ["promotion-0", "promotion-1"], (
+            "Envoy's health check still counts replica 1 healthy"
+        )
+        before = envoy.cluster_stats(OUTBOUND_PROMOTION)
+
+        for order in orders:
+            cancelled = gateway.cancel(order.order_id)  # no client retry: the mesh retries
+            assert cancelled.status == order_pb.ORDER_STATUS_CANCELLED, cancelled
+
+        stats = envoy.cluster_stats(OUTBOUND_PROMOTION)
+        retries = stats.get("upstream_rq_retry", 0) - before.get("upstream_rq_retry", 0)
+        ejections = stats.get("outlier_detection.ejections_enforced_total", 0) - before.get(
+            "outlier_detection.ejections_enforced_total", 0
+        )
+        hosts = {h.hostname: (h.flags, dict(h.stats)) for h in envoy.hosts(OUTBOUND_PROMOTION)}
+        print(
+            f"{OUTBOUND_PROMOTION}: {retries} retries, {ejections} ejections, "
+            f"retry successes {stats.get('upstream_rq_retry_success', 0)}, hosts {hosts}"
+        )
+        assert retries > 0, stats
+        assert hosts["promotion-1"][1].get("rq_error", 0) > 0, hosts
+
+        ledger = clawback_ledger(gateway, replica0, customer, orders)
+        assert all(s == payment_pb.PAYMENT_STATUS_CANCELLED for s, _ in ledger.values())
+        assert balance(replica0, customer).balance == 0
+
+        proxy.restore()
+        wait_until(
+            lambda: balance(replica1, customer).balance == 0,
+            timeout=15,
+            message="replica 1 reaches its database again",
+        )
+    finally:
+        gateway.close()
+        for channel in direct:
+            channel.close()
