@@ -55,6 +55,15 @@ ORDERS = 12
 #: (LEAST_REQUEST, two choices, all idle), in runs of one replica now and then: enough cancels
 #: that replica 1 surely gets some, and more than the 3 failures that eject it.
 CANCELS_AROUND_A_CUT = 20
+#: The counters of `outbound|promotion` worth printing (what the breaker and retries did).
+TELLING_STATS = (
+    "upstream_rq_pending_overflow",
+    "upstream_rq_active_overflow",
+    "upstream_rq_retry",
+    "upstream_rq_per_try_timeout",
+    "upstream_rq_timeout",
+    "outlier_detection.ejections",
+)
 
 
 # --- the policy's numbers ------------------------------------------------------------------
@@ -257,8 +266,11 @@ def test_an_overloaded_points_system_fails_cancels_fast_and_half_does_nothing(
             stats.get(k, 0) - before.get(k, 0)
             for k in ("upstream_rq_pending_overflow", "upstream_rq_active_overflow")
         )
-        ejected = stats.get("outlier_detection.ejections_enforced_total", 0)
-        print(f"{OUTBOUND_PROMOTION}: overflow {overflow}, ejections {ejected}, stats {stats}")
+        ejected = stats.get("outlier_detection.ejections_enforced_total", 0) - before.get(
+            "outlier_detection.ejections_enforced_total", 0
+        )
+        shown = {k: v for k, v in stats.items() if k.startswith(TELLING_STATS) and v}
+        print(f"{OUTBOUND_PROMOTION}: overflow {overflow}, ejections {ejected}, {shown}")
         assert overflow > 0 or ejected > 0, stats
 
         # Nothing half-done: every payment still PAID, every point still there.
@@ -340,7 +352,7 @@ def retried_around_a_cut_database(stack: LocalStack, proxy: TcpProxy) -> None:
         assert health["promotion-1"], f"replica 1 keeps reporting SERVING: {health}"
         envoy = admin(stack)
         assert envoy.healthy_hosts(OUTBOUND_PROMOTION) == ["promotion-0", "promotion-1"], (
-            "Envoy's health check still counts replica 1 healthy"
+            "Envoy's health check should count replica 1 healthy: it reports SERVING"
         )
         before = envoy.cluster_stats(OUTBOUND_PROMOTION)
 
@@ -354,9 +366,13 @@ def retried_around_a_cut_database(stack: LocalStack, proxy: TcpProxy) -> None:
             "outlier_detection.ejections_enforced_total", 0
         )
         hosts = {h.hostname: (h.flags, dict(h.stats)) for h in envoy.hosts(OUTBOUND_PROMOTION)}
+        shown = {k: v for k, v in stats.items() if k.startswith(TELLING_STATS) and v}
         print(
-            f"{OUTBOUND_PROMOTION}: {retries} retries, {ejections} ejections, "
-            f"retry successes {stats.get('upstream_rq_retry_success', 0)}, hosts {hosts}"
+            f"{OUTBOUND_PROMOTION}: {retries} retries, {ejections} ejections, {shown}; "
+            + ", ".join(
+                f"{name} {flags or 'healthy'} errors {st.get('rq_error')}/{st.get('rq_total')}"
+                for name, (flags, st) in sorted(hosts.items())
+            )
         )
         assert retries > 0, stats
         assert hosts["promotion-1"][1].get("rq_error", 0) > 0, hosts

@@ -1,12 +1,16 @@
 """Zero-downtime deploy: a rolling restart of every replica under load, and no call fails.
 
 Two replicas of each service behind Envoy. Client threads place orders and cancel some of them
-through the gateway without pause and without client-side retries, while every replica of
+through the gateway at a steady pace, without client-side retries, while every replica of
 every service is restarted in turn (`supervisorctl restart`: SIGTERM → the replica reports
 NOT_SERVING, keeps serving while Envoy's health check takes it out, finishes its calls in
 flight, exits; supervisord starts it again). The next replica goes only once the restarted one
 is SERVING and Envoy counts it healthy again, as a Kubernetes rollout waits for readiness.
 Every call must succeed: a rolling restart is invisible to clients.
+
+The pace matters on 2 cores: clients that never pause saturate the CPU, and then a clawback
+can overrun its 610 ms budget with no restart at all. That is overload, which the circuit
+breaker answers by design (test_mesh_resilience.py), not a gap in the rollout.
 """
 
 from __future__ import annotations
@@ -96,8 +100,7 @@ class Load:
         with grpc.insecure_channel(self.gateway) as channel:
             orders = order_grpc.OrderServiceStub(channel)
             for i in range(MAX_CALLS_PER_CLIENT):
-                # A steady load, not a flood: on 2 cores a flood alone stretches calls past
-                # the clawback's 610 ms budget, which is overload, not a restart gap.
+                # A steady pace, not a flood (see the module's docstring).
                 if self.stop.wait(THINK_SECONDS):
                     return
                 request = order_pb.PlaceOrderRequest(
@@ -173,7 +176,7 @@ def test_a_rolling_restart_under_load_fails_no_call(stack: LocalStack) -> None:
         for service in SERVICE_NAMES:
             for replica in range(REPLICAS):
                 restarts.append(restart_and_wait_healthy(stack, service, replica))
-        # Calls that started against the last restarted replica's peer finish too.
+        # The load goes on once the last replica is back.
         calls_then = sum(load.calls.values())
         wait_until(
             lambda: sum(load.calls.values()) >= calls_then + CLIENTS,
