@@ -37,7 +37,7 @@ from tests.support.waiting import wait_until
 pytestmark = pytest.mark.slow
 
 REPLICAS = 2
-CLIENTS = 4
+CLIENTS = 3
 #: Every call's deadline; a call that is held up this long counts as failed.
 CALL_DEADLINE = 10.0
 #: Each client's pause between two orders.
