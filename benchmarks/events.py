@@ -24,14 +24,17 @@ import nats
 from google.protobuf.message import Message
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from phoneseller.order.v1 import events_pb2
-from sqlalchemy import Column, MetaData, String, Table, func, insert, select
+from sqlalchemy import Column, MetaData, String, Table, func, select
 
 from services.kit import tables
 from services.kit.bus import EventBus
 from services.kit.consumer import EventConsumer, handles_batches
-from services.kit.db import Database, UnitOfWork
+from services.kit.db import Database
 from services.kit.events import Envelope, EventTypes, new_event
 from services.kit.outbox import OutboxRelay
+from services.kit.sql import Statement, insert_row
+from services.kit.uow import UnitOfWork
+from tests.support.announcements import Announcement, AnnouncingUnitOfWork
 from tests.support.nats_server import NatsServer
 
 effects_metadata = MetaData()
@@ -70,24 +73,26 @@ async def raw_jetstream(url: str, count: int) -> tuple[float, float]:
     return publish_rate, fetch_rate
 
 
+_ADD_EFFECT = insert_row(effects)
+_COUNT_EFFECTS = Statement(select(func.count()).select_from(effects))
+
+
 @handles_batches
 async def apply_effects(uow: UnitOfWork, batch: Sequence[tuple[Message, Envelope]]) -> None:
     """The consumer's work: one effect row per event, one statement per batch."""
-    await uow.connection.execute(
-        insert(effects),
+    await uow.session.execute_many(
+        _ADD_EFFECT,
         [{"event_id": envelope.event_id, "order_id": envelope.order_id} for _, envelope in batch],
     )
 
 
 async def consume(url: str, folder: Path, count: int) -> None:
-    database = Database(
-        f"sqlite+aiosqlite:///{folder / 'consumer.db'}", tables.metadata, effects_metadata
-    )
+    database = Database(f"sqlite:///{folder / 'consumer.db'}", tables.metadata, effects_metadata)
     await database.open()
     bus = EventBus(url, name="bench-consumer")
     await bus.connect()
     consumer = EventConsumer(
-        "bench", database, bus, EventTypes([events_pb2.Ordered]), apply_effects
+        "bench", bus, EventTypes([events_pb2.Ordered]), apply_effects, lambda: UnitOfWork(database)
     )
     task = asyncio.create_task(consumer.run())
     while consumer.handled < count:  # noqa: ASYNC110 - polling a counter, cheaply
@@ -95,8 +100,8 @@ async def consume(url: str, folder: Path, count: int) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    async with database.engine.connect() as connection:
-        applied = (await connection.execute(select(func.count()).select_from(effects))).scalar()
+    async with UnitOfWork(database).reading() as uow:
+        applied = await uow.session.scalar(_COUNT_EFFECTS)
     assert applied == count, f"applied {applied} of {count}"
     await bus.close()
     await database.close()
@@ -109,7 +114,7 @@ def consumer_process(url: str, folder: str, count: int) -> None:
 async def end_to_end(url: str, folder: Path, count: int, per_transaction: int) -> dict[str, float]:
     """The producing service (writer + relay) here; the consuming service in its own process,
     as they would be deployed."""
-    producer = Database(f"sqlite+aiosqlite:///{folder / 'producer.db'}", tables.metadata)
+    producer = Database(f"sqlite:///{folder / 'producer.db'}", tables.metadata)
     await producer.open()
     bus = EventBus(url, name="bench-producer")
     await bus.connect()
@@ -122,8 +127,8 @@ async def end_to_end(url: str, folder: Path, count: int, per_transaction: int) -
 
     start = time.perf_counter()
     for batch in range(count // per_transaction):
-        async with producer.unit_of_work() as uow:
-            uow.emit(
+        async with AnnouncingUnitOfWork(producer) as uow:
+            announcement = Announcement(
                 *(
                     new_event(
                         events_pb2.Ordered,
@@ -137,6 +142,7 @@ async def end_to_end(url: str, folder: Path, count: int, per_transaction: int) -
                     for i in range(per_transaction)
                 )
             )
+            await uow.announcements.save(announcement)
             await uow.commit()
     committed = time.perf_counter() - start
     await asyncio.to_thread(consumer.join)

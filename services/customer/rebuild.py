@@ -28,13 +28,12 @@ import nats
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import FetchTimeoutError, NotFoundError
-from sqlalchemy.exc import SQLAlchemyError
 
 from services.customer.domain import EVENT_TYPES, Fact, fact_from_event
-from services.customer.repository import CustomerViewRepository, ReplayCheckpoint, metadata
+from services.customer.repository import CustomerUnitOfWork, ReplayCheckpoint, metadata
 from services.kit import logs, tables
 from services.kit.clock import utcnow
-from services.kit.db import Database
+from services.kit.db import Database, DatabaseError
 from services.kit.events import STREAM, Envelope
 
 log = logging.getLogger("services.customer.rebuild")
@@ -116,10 +115,9 @@ async def rebuild(
     database = Database(database_url, tables.metadata, metadata)
     try:
         await _open(database, open_timeout)
-        async with database.unit_of_work(read_only=True) as uow:
-            repository = CustomerViewRepository(uow.connection)
-            checkpoint = await repository.checkpoint(STREAM)
-            if checkpoint is None and await repository.count_facts() > 0:
+        async with CustomerUnitOfWork(database).reading() as uow:
+            checkpoint = await uow.views.checkpoint(STREAM)
+            if checkpoint is None and await uow.views.count_facts() > 0:
                 raise RebuildError(
                     "the database already holds a customer view this command did not build "
                     "(the live one?); rebuild into a new, empty database"
@@ -162,11 +160,10 @@ async def _replay(
 
     async def commit(facts: list[Fact], up_to: int) -> None:
         nonlocal applied, duplicates, applied_total, saved
-        async with database.unit_of_work() as uow:
-            repository = CustomerViewRepository(uow.connection)
-            new = await repository.apply(facts)
+        async with CustomerUnitOfWork(database) as uow:
+            new = await uow.views.apply(facts)
             mark = ReplayCheckpoint(STREAM, up_to, applied_total + new)
-            await repository.save_checkpoint(mark, saved, utcnow())
+            await uow.views.save_checkpoint(mark, saved, utcnow())
             await uow.commit()
         applied += new
         duplicates += len(facts) - new
@@ -225,8 +222,8 @@ async def _replay(
         if position < target:
             # Every message of our types up to the target has been delivered.
             await commit([], target)
-    async with database.unit_of_work(read_only=True) as uow:
-        orders = await CustomerViewRepository(uow.connection).count_orders()
+    async with CustomerUnitOfWork(database).reading() as uow:
+        orders = await uow.views.count_orders()
     return RebuildReport(
         stream=STREAM,
         from_sequence=start,
@@ -249,8 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--database-url",
         required=True,
-        help="SQLAlchemy async URL of the NEW view database, e.g. "
-        "sqlite+aiosqlite:///.run/data/customer-rebuilt.db",
+        help="URL of the NEW view database, e.g. sqlite:///.run/data/customer-rebuilt.db",
     )
     parser.add_argument(
         "--nats-url",
@@ -271,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure("customer-rebuild", args.log_level)
     try:
         report = asyncio.run(rebuild(args.database_url, args.nats_url, batch_size=args.batch_size))
-    except (RebuildError, SQLAlchemyError) as exc:
+    except (RebuildError, DatabaseError) as exc:
         print(f"customer view rebuild: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(asdict(report)) if args.json else report.summary())

@@ -1,4 +1,4 @@
-"""The customer view in the service's database (SQLAlchemy Core).
+"""The customer view in the service's database: tables, repository and unit of work.
 
 Two tables: `customer_timeline` keeps every fact (event) once, keyed by its event id, and is
 the source of truth of the view; `customer_orders` keeps one row per order, the projection of
@@ -9,7 +9,7 @@ of statements, however many events and orders the batch holds.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,13 +26,10 @@ from sqlalchemy import (
     Text,
     bindparam,
     func,
-    insert,
     or_,
     select,
     update,
 )
-from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.customer.domain import (
     CustomerHistory,
@@ -48,6 +45,9 @@ from services.customer.domain import (
     timeline,
 )
 from services.kit.clock import as_utc
+from services.kit.db import Session
+from services.kit.sql import Row, Statement, insert_row
+from services.kit.uow import Repository, UnitOfWork
 
 metadata = MetaData()
 
@@ -109,12 +109,66 @@ customer_replay = Table(
 
 _FACT_COLUMNS = tuple(c.name for c in customer_timeline.columns)
 
+_LOCK_VIEWS = Statement(
+    select(customer_orders.c.order_id)
+    .where(customer_orders.c.order_id.in_(bindparam("order_ids", expanding=True)))
+    .order_by(customer_orders.c.order_id)
+    .with_for_update()
+)
+# The facts already known about these orders, and any already known incoming id (an event id
+# is applied once, even if a malformed copy names another order).
+_KNOWN_FACTS = Statement(
+    select(customer_timeline).where(
+        or_(
+            customer_timeline.c.order_id.in_(bindparam("order_ids", expanding=True)),
+            customer_timeline.c.event_id.in_(bindparam("event_ids", expanding=True)),
+        )
+    )
+)
+_ADD_FACT = insert_row(customer_timeline)
+_ADD_VIEW = insert_row(customer_orders)
+_SAVE_VIEW = Statement(
+    update(customer_orders)
+    .where(customer_orders.c.order_id == bindparam("key"))
+    .values({c.name: bindparam(c.name) for c in customer_orders.columns})
+)
+_VIEWS_OF = Statement(
+    select(customer_orders).where(customer_orders.c.customer_id == bindparam("customer_id"))
+)
+_FACTS_OF_CUSTOMER = Statement(
+    select(customer_timeline).where(
+        customer_timeline.c.order_id.in_(
+            select(customer_orders.c.order_id).where(
+                customer_orders.c.customer_id == bindparam("customer_id")
+            )
+        )
+    )
+)
+_FACTS_OF_ORDER = Statement(
+    select(customer_timeline).where(customer_timeline.c.order_id == bindparam("order_id"))
+)
+_COUNT_ORDERS = Statement(select(func.count()).select_from(customer_orders))
+_COUNT_FACTS = Statement(select(func.count()).select_from(customer_timeline))
+_CHECKPOINT = Statement(
+    select(customer_replay).where(customer_replay.c.stream == bindparam("stream"))
+)
+_ADD_CHECKPOINT = insert_row(customer_replay)
+_SAVE_CHECKPOINT = Statement(
+    update(customer_replay)
+    .where(customer_replay.c.stream == bindparam("stream"))
+    .values(
+        last_sequence=bindparam("last_sequence"),
+        events_applied=bindparam("events_applied"),
+        updated_at=bindparam("updated_at"),
+    )
+)
+
 
 def _fact_row(fact: Fact) -> dict[str, Any]:
     return {name: getattr(fact, name) for name in _FACT_COLUMNS}
 
 
-def _fact(row: RowMapping) -> Fact:
+def _fact(row: Row) -> Fact:
     values = {name: row[name] for name in _FACT_COLUMNS}
     values["event_type"] = EventType(values["event_type"])
     values["occurred_at"] = as_utc(values["occurred_at"])
@@ -141,7 +195,7 @@ def _view_row(view: OrderView) -> dict[str, Any]:
     }
 
 
-def _view(row: RowMapping, facts: Iterable[Fact]) -> OrderView:
+def _view(row: Row, facts: Iterable[Fact]) -> OrderView:
     return OrderView(
         order_id=row["order_id"],
         customer_id=row["customer_id"],
@@ -169,128 +223,75 @@ class ReplayCheckpoint:
     events_applied: int
 
 
-class CustomerViewRepository:
-    def __init__(self, connection: AsyncConnection) -> None:
-        self.connection = connection
-
+class CustomerViewRepository(Repository):
     async def apply(self, facts: Iterable[Fact]) -> int:
         """Add the facts not seen before and re-project their orders; returns how many were new.
 
         Four statements whatever the batch size: lock the orders' view rows, read what is known
         of them, insert the new facts, write the new views (insert and/or update). On SQLite
-        the writer's lock (BEGIN IMMEDIATE) already serialises batches; on PostgreSQL the view
-        rows are locked (FOR UPDATE) before the facts are read, so a concurrent batch about the
-        same order either committed before our read (we see its facts) or waits for us (it
-        sees ours); two batches creating the same order's first row collide on its primary key
-        and the loser is retried by the consumer.
+        the one writer already serialises batches; on PostgreSQL the view rows are locked (FOR
+        UPDATE) before the facts are read, so a concurrent batch about the same order either
+        committed before our read (we see its facts) or waits for us (it sees ours); two
+        batches creating the same order's first row collide on its primary key and the loser
+        is retried by the consumer.
         """
         incoming = distinct(facts)
         if not incoming:
             return 0
         order_ids = sorted({f.order_id for f in incoming})
         event_ids = [f.event_id for f in incoming]
-        locked = await self.connection.execute(
-            select(customer_orders.c.order_id)
-            .where(customer_orders.c.order_id.in_(order_ids))
-            .order_by(customer_orders.c.order_id)
-            .with_for_update()
-        )
-        existing_views = set(locked.scalars())
-        # The facts already known about these orders, and any already known incoming id (an
-        # event id is applied once, even if a malformed copy names another order).
-        known_rows = await self.connection.execute(
-            select(customer_timeline).where(
-                or_(
-                    customer_timeline.c.order_id.in_(order_ids),
-                    customer_timeline.c.event_id.in_(event_ids),
-                )
-            )
-        )
-        known = [_fact(row) for row in known_rows.mappings()]
+        locked = await self.session.rows(_LOCK_VIEWS, order_ids=order_ids)
+        existing_views = {row["order_id"] for row in locked}
+        known_rows = await self.session.rows(_KNOWN_FACTS, order_ids=order_ids, event_ids=event_ids)
+        known = [_fact(row) for row in known_rows]
         known_ids = {f.event_id for f in known}
         fresh = [f for f in incoming if f.event_id not in known_ids]
         if not fresh:
             return 0
-        await self.connection.execute(insert(customer_timeline), [_fact_row(f) for f in fresh])
+        await self.session.execute_many(_ADD_FACT, [_fact_row(f) for f in fresh])
 
         by_order: dict[str, list[Fact]] = defaultdict(list)
+        wanted = set(order_ids)
         for fact in known:
-            if fact.order_id in order_ids:
+            if fact.order_id in wanted:
                 by_order[fact.order_id].append(fact)
         changed = sorted({f.order_id for f in fresh})
         for fact in fresh:
             by_order[fact.order_id].append(fact)
         views = [_view_row(project(by_order[order_id])) for order_id in changed]
-        new_rows = [row for row in views if row["order_id"] not in existing_views]
-        updated_rows = [
-            {**row, "key_order_id": row["order_id"]}
-            for row in views
-            if row["order_id"] in existing_views
-        ]
-        if new_rows:
-            await self.connection.execute(insert(customer_orders), new_rows)
-        if updated_rows:
-            await self.connection.execute(
-                update(customer_orders).where(
-                    customer_orders.c.order_id == bindparam("key_order_id")
-                ),
-                updated_rows,
-            )
+        await self.session.execute_many(
+            _ADD_VIEW, [row for row in views if row["order_id"] not in existing_views]
+        )
+        await self.session.execute_many(
+            _SAVE_VIEW,
+            [{**row, "key": row["order_id"]} for row in views if row["order_id"] in existing_views],
+        )
         return len(fresh)
 
     async def history(self, customer_id: str) -> CustomerHistory:
         """Every order of a customer, newest first, with its timeline (two statements)."""
-        rows = (
-            (
-                await self.connection.execute(
-                    select(customer_orders).where(customer_orders.c.customer_id == customer_id)
-                )
-            )
-            .mappings()
-            .all()
-        )
+        rows = await self.session.rows(_VIEWS_OF, customer_id=customer_id)
         if not rows:
             return CustomerHistory(customer_id, ())
         facts: dict[str, list[Fact]] = defaultdict(list)
-        fact_rows = await self.connection.execute(
-            select(customer_timeline).where(
-                customer_timeline.c.order_id.in_(
-                    select(customer_orders.c.order_id).where(
-                        customer_orders.c.customer_id == customer_id
-                    )
-                )
-            )
-        )
-        for row in fact_rows.mappings():
+        for row in await self.session.rows(_FACTS_OF_CUSTOMER, customer_id=customer_id):
             facts[row["order_id"]].append(_fact(row))
         return history(customer_id, [_view(row, facts[row["order_id"]]) for row in rows])
 
     async def project_order(self, order_id: str) -> OrderView | None:
         """The order's view computed afresh from its stored facts (for checks and repairs)."""
-        rows = await self.connection.execute(
-            select(customer_timeline).where(customer_timeline.c.order_id == order_id)
-        )
-        facts = [_fact(row) for row in rows.mappings()]
+        rows = await self.session.rows(_FACTS_OF_ORDER, order_id=order_id)
+        facts = [_fact(row) for row in rows]
         return project(facts) if facts else None
 
     async def count_orders(self) -> int:
-        count = await self.connection.scalar(select(func.count()).select_from(customer_orders))
-        return int(count or 0)
+        return int(await self.session.scalar(_COUNT_ORDERS) or 0)
 
     async def count_facts(self) -> int:
-        count = await self.connection.scalar(select(func.count()).select_from(customer_timeline))
-        return int(count or 0)
+        return int(await self.session.scalar(_COUNT_FACTS) or 0)
 
     async def checkpoint(self, stream: str) -> ReplayCheckpoint | None:
-        row = (
-            (
-                await self.connection.execute(
-                    select(customer_replay).where(customer_replay.c.stream == stream)
-                )
-            )
-            .mappings()
-            .first()
-        )
+        row = await self.session.row(_CHECKPOINT, stream=stream)
         if row is None:
             return None
         return ReplayCheckpoint(row["stream"], row["last_sequence"], row["events_applied"])
@@ -299,17 +300,19 @@ class CustomerViewRepository:
         self, checkpoint: ReplayCheckpoint, previous: ReplayCheckpoint | None, now: datetime
     ) -> None:
         values = {
+            "stream": checkpoint.stream,
             "last_sequence": checkpoint.last_sequence,
             "events_applied": checkpoint.events_applied,
             "updated_at": now,
         }
-        if previous is None:
-            await self.connection.execute(
-                insert(customer_replay).values(stream=checkpoint.stream, **values)
-            )
-        else:
-            await self.connection.execute(
-                update(customer_replay)
-                .where(customer_replay.c.stream == checkpoint.stream)
-                .values(**values)
-            )
+        await self.session.execute(
+            _ADD_CHECKPOINT if previous is None else _SAVE_CHECKPOINT, **values
+        )
+
+
+class CustomerUnitOfWork(UnitOfWork):
+    views: CustomerViewRepository
+
+    def repositories(self, session: Session) -> Sequence[Repository]:
+        self.views = CustomerViewRepository(session)
+        return (self.views,)

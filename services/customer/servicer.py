@@ -1,6 +1,8 @@
-"""CustomerService over gRPC: GetCustomerHistory, read from the view's tables."""
+"""CustomerService over gRPC: validate, call the use case, convert to proto."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import grpc
 from phoneseller.customer.v1 import customer_service_pb2 as pb
@@ -17,9 +19,9 @@ from services.customer.domain import (
     StoreStatus,
     TimelineEntry,
 )
-from services.customer.repository import CustomerViewRepository
+from services.customer.repository import CustomerUnitOfWork
+from services.customer.usecases import customer_history
 from services.kit.clock import timestamp
-from services.kit.db import Database
 from services.kit.validation import Violations
 
 _ORDER_STATUS = {
@@ -80,8 +82,8 @@ def to_proto(history: CustomerHistory) -> pb.CustomerHistory:
 
 
 class CustomerServicer(pb_grpc.CustomerServiceServicer):
-    def __init__(self, database: Database) -> None:
-        self.database = database
+    def __init__(self, unit_of_work: Callable[[], CustomerUnitOfWork]) -> None:
+        self.unit_of_work = unit_of_work
 
     async def GetCustomerHistory(
         self,
@@ -91,8 +93,4 @@ class CustomerServicer(pb_grpc.CustomerServiceServicer):
         check = Violations()
         check.identifier("customer_id", request.customer_id)
         check.check()
-        # A customer the view has not seen is not an error: the view is eventually consistent
-        # and keeps no list of customers, so "unknown" and "not seen yet" look the same here.
-        async with self.database.unit_of_work(read_only=True) as uow:
-            history = await CustomerViewRepository(uow.connection).history(request.customer_id)
-        return to_proto(history)
+        return to_proto(await customer_history(self.unit_of_work(), request.customer_id))

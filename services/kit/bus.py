@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import nats
 from nats.aio.client import Client
@@ -16,22 +17,33 @@ from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
-from services.kit.events import STREAM, SUBJECT_PREFIX
+from services.kit.events import DUPLICATE_WINDOW_SECONDS, STREAM, SUBJECT_PREFIX
 
 log = logging.getLogger(__name__)
 
-#: How long JetStream remembers a `Nats-Msg-Id`: a relay that crashes after publishing and
-#: before marking rows sent republishes them on restart; within this window they are refused.
-DUPLICATE_WINDOW_SECONDS = 600.0
+
+@dataclass(frozen=True)
+class StreamRetention:
+    """How much history the PHONESELLER stream keeps: an operator's choice (docs/configuration.md).
+
+    The customer view can be rebuilt by replay only from what the stream still holds.
+    0 means no limit.
+    """
+
+    max_age_seconds: float = 0.0
+    max_bytes: int = 0
 
 
-def stream_config(replicas: int = 1) -> StreamConfig:
+def stream_config(replicas: int = 1, retention: StreamRetention | None = None) -> StreamConfig:
+    retention = retention or StreamRetention()
     return StreamConfig(
         name=STREAM,
         subjects=[f"{SUBJECT_PREFIX}.>"],
         storage=StorageType.FILE,
         num_replicas=replicas,
         duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        max_age=retention.max_age_seconds or None,
+        max_bytes=retention.max_bytes or None,
     )
 
 
@@ -43,12 +55,16 @@ class EventBus:
         url: str,
         *,
         stream_replicas: int = 1,
+        retention: StreamRetention | None = None,
         name: str = "phoneseller",
         on_state_change: Callable[[bool], Awaitable[None]] | None = None,
     ) -> None:
         self.url = url
         self.stream_replicas = stream_replicas
+        self.retention = retention or StreamRetention()
         self.name = name
+        #: Counts (re)connections: what was asked of the server on an earlier one is gone.
+        self.generation = 0
         self._on_state_change = on_state_change
         self._client: Client | None = None
         self._js: JetStreamContext | None = None
@@ -57,6 +73,12 @@ class EventBus:
     @property
     def connected(self) -> bool:
         return self._ready.is_set() and self._client is not None and self._client.is_connected
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            raise RuntimeError("event bus not connected yet")
+        return self._client
 
     @property
     def jetstream(self) -> JetStreamContext:
@@ -99,12 +121,13 @@ class EventBus:
                 await asyncio.sleep(retry_interval)
         self._js = self._client.jetstream(timeout=5)
         await self.ensure_stream()
+        self.generation += 1
         self._ready.set()
         await self._report(True)
 
     async def ensure_stream(self) -> None:
         """Create the stream, or leave it as it is if it exists (another service made it)."""
-        config = stream_config(self.stream_replicas)
+        config = stream_config(self.stream_replicas, self.retention)
         try:
             await self.jetstream.add_stream(config)
         except BadRequestError as exc:
@@ -115,6 +138,7 @@ class EventBus:
         await self._report(False)
 
     async def _reconnected(self) -> None:
+        self.generation += 1
         await self._report(True)
 
     async def _error(self, exc: Exception) -> None:

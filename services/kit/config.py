@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.kit.events import DUPLICATE_WINDOW_SECONDS
+
 SERVICE_NAMES = ("order", "payment", "promotion", "store", "customer")
 
 DEFAULT_PORTS = {
@@ -37,6 +39,9 @@ class Settings:
     database_url: str
     nats_url: str
     stream_replicas: int
+    stream_max_age_seconds: float
+    stream_max_bytes: int
+    inbox_retention_seconds: float
     payment_address: str
     promotion_address: str
     points_rate_percent: int
@@ -80,9 +85,12 @@ class Settings:
             grpc_host=get("GRPC_HOST", "127.0.0.1"),
             grpc_port=get_int("GRPC_PORT", DEFAULT_PORTS[service]),
             data_dir=data_dir,
-            database_url=get("DATABASE_URL", f"sqlite+aiosqlite:///{data_dir / service}.db"),
+            database_url=get("DATABASE_URL", f"sqlite:///{data_dir / service}.db"),
             nats_url=get("NATS_URL", "nats://127.0.0.1:4222"),
             stream_replicas=get_int("STREAM_REPLICAS", 1),
+            stream_max_age_seconds=get_float("STREAM_MAX_AGE_SECONDS", 0.0),
+            stream_max_bytes=get_int("STREAM_MAX_BYTES", 0),
+            inbox_retention_seconds=get_float("INBOX_RETENTION_SECONDS", 300.0),
             payment_address=get("PAYMENT_ADDRESS", f"127.0.0.1:{DEFAULT_PORTS['payment']}"),
             promotion_address=get("PROMOTION_ADDRESS", f"127.0.0.1:{DEFAULT_PORTS['promotion']}"),
             points_rate_percent=get_int("POINTS_RATE_PERCENT", 10),
@@ -96,4 +104,13 @@ class Settings:
             raise ConfigError("PHONESELLER_POINTS_RATE_PERCENT must be between 0 and 100")
         if settings.stream_replicas not in (1, 3, 5):
             raise ConfigError("PHONESELLER_STREAM_REPLICAS must be 1, 3 or 5")
+        if settings.stream_max_age_seconds < 0 or settings.stream_max_bytes < 0:
+            raise ConfigError("PHONESELLER_STREAM_MAX_AGE_SECONDS and _MAX_BYTES must be >= 0")
+        if settings.inbox_retention_seconds < DUPLICATE_WINDOW_SECONDS:
+            # A republished copy of an event is refused by JetStream only within its duplicate
+            # window; the inbox must remember the id at least that long.
+            raise ConfigError(
+                "PHONESELLER_INBOX_RETENTION_SECONDS must be at least the stream's duplicate "
+                f"window ({DUPLICATE_WINDOW_SECONDS:g} s)"
+            )
         return settings

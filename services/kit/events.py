@@ -21,6 +21,11 @@ from services.kit import context
 
 STREAM = "PHONESELLER"
 SUBJECT_PREFIX = "phoneseller"
+#: How long JetStream remembers a `Nats-Msg-Id`: a relay that crashes after publishing and
+#: before deleting the rows republishes them on restart; within this window they are refused.
+#: JetStream's own default. The server keeps every id of the window in memory, so a longer
+#: window costs memory in proportion to the event rate.
+DUPLICATE_WINDOW_SECONDS = 120.0
 
 # Header names. `Nats-Msg-Id` is JetStream's de-duplication key: a republished event is refused.
 MSG_ID = "Nats-Msg-Id"
@@ -81,6 +86,35 @@ class Envelope:
         if self.traceparent:
             headers[TRACEPARENT] = self.traceparent
         return headers
+
+    def outbox_row(self) -> dict[str, object]:
+        """The envelope as a row of the outbox table."""
+        return {
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "subject": self.subject,
+            "order_id": self.order_id,
+            "customer_id": self.customer_id,
+            "occurred_at": self.occurred_at,
+            "traceparent": self.traceparent,
+            "payload": self.payload,
+        }
+
+    @classmethod
+    def from_outbox_row(cls, row: Mapping[str, Any]) -> Envelope:
+        occurred_at: datetime = row["occurred_at"]
+        if occurred_at.tzinfo is None:  # SQLite keeps no zone; we only ever store UTC.
+            occurred_at = occurred_at.replace(tzinfo=UTC)
+        return cls(
+            event_id=row["event_id"],
+            event_type=row["event_type"],
+            subject=row["subject"],
+            order_id=row["order_id"],
+            customer_id=row["customer_id"],
+            occurred_at=occurred_at,
+            traceparent=row["traceparent"],
+            payload=bytes(row["payload"]),
+        )
 
     @classmethod
     def from_message(

@@ -1,10 +1,11 @@
 """Transactional outbox: events are rows committed with the change, published by a relay.
 
-The relay reads unpublished rows in commit order, publishes a whole batch to JetStream at once
-(many publishes in flight, one round trip of waiting), then marks the acknowledged rows sent in
-one UPDATE. A relay killed between publishing and marking republishes the same rows when it
-starts again; each carries `Nats-Msg-Id` = event id, so JetStream refuses the copies. Replicas
-sharing a database may run relays side by side for the same reason.
+The relay reads pending rows in commit order, publishes a whole batch to JetStream at once
+(many publishes in flight, one round trip of waiting), then deletes the acknowledged rows in
+one unit of work, so the table only ever holds what is still to be sent. A relay killed
+between publishing and deleting republishes the same rows when it starts again; each carries
+`Nats-Msg-Id` = event id, so JetStream refuses the copies within its duplicate window.
+Replicas sharing a database may run relays side by side for the same reason.
 """
 
 from __future__ import annotations
@@ -12,16 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from nats.js.api import PubAck
-from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import bindparam, delete, select
 
 from services.kit.events import Envelope
-from services.kit.tables import READ_ONLY, outbox
+from services.kit.sql import Statement
+from services.kit.tables import outbox
+from services.kit.uow import UnitOfWork
 
 if TYPE_CHECKING:
     from services.kit.bus import EventBus
@@ -29,42 +30,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-
-async def insert_outbox_rows(connection: AsyncConnection, envelopes: Sequence[Envelope]) -> None:
-    """Add events to the outbox inside the caller's transaction."""
-    await connection.execute(
-        insert(outbox),
-        [
-            {
-                "event_id": e.event_id,
-                "event_type": e.event_type,
-                "subject": e.subject,
-                "order_id": e.order_id,
-                "customer_id": e.customer_id,
-                "occurred_at": e.occurred_at,
-                "traceparent": e.traceparent,
-                "payload": e.payload,
-            }
-            for e in envelopes
-        ],
-    )
-
-
-def _envelope(row: dict[str, object]) -> Envelope:
-    occurred_at = row["occurred_at"]
-    assert isinstance(occurred_at, datetime)
-    if occurred_at.tzinfo is None:  # SQLite keeps no zone; we only ever store UTC.
-        occurred_at = occurred_at.replace(tzinfo=UTC)
-    return Envelope(
-        event_id=str(row["event_id"]),
-        event_type=str(row["event_type"]),
-        subject=str(row["subject"]),
-        order_id=str(row["order_id"]),
-        customer_id=str(row["customer_id"]),
-        occurred_at=occurred_at,
-        traceparent=str(row["traceparent"]),
-        payload=bytes(row["payload"]),  # type: ignore[call-overload]
-    )
+_PENDING = Statement(select(outbox).order_by(outbox.c.seq).limit(bindparam("limit")))
+# By event id, not seq: SQLite may give a freed seq to a new row, and a second relay (another
+# replica) deleting what it sent must never take a row it did not send.
+_SENT = Statement(delete(outbox).where(outbox.c.event_id == bindparam("event_id")))
 
 
 class OutboxRelay:
@@ -125,32 +94,20 @@ class OutboxRelay:
 
     async def relay_once(self) -> int:
         """Publish one batch of pending events; returns how many were sent."""
-        async with self.database.engine.connect() as connection:
-            await connection.execution_options(**{READ_ONLY: True})
-            rows = (
-                (
-                    await connection.execute(
-                        select(outbox)
-                        .where(outbox.c.published_at.is_(None))
-                        .order_by(outbox.c.seq)
-                        .limit(self.batch_size)
-                    )
-                )
-                .mappings()
-                .all()
-            )
-            await connection.rollback()
+        async with UnitOfWork(self.database).reading() as uow:
+            rows = await uow.session.rows(_PENDING, limit=self.batch_size)
         if not rows:
             return 0
-        acks = await self._publish_all([_envelope(dict(row)) for row in rows])
-        sent = [row["seq"] for row, ack in zip(rows, acks, strict=True) if isinstance(ack, PubAck)]
+        acks = await self._publish_all([Envelope.from_outbox_row(row) for row in rows])
+        sent = [
+            {"event_id": row["event_id"]}
+            for row, ack in zip(rows, acks, strict=True)
+            if isinstance(ack, PubAck)
+        ]
         if sent:
-            async with self.database.engine.begin() as connection:
-                await connection.execute(
-                    update(outbox)
-                    .where(outbox.c.seq.in_(sent))
-                    .values(published_at=datetime.now(UTC))
-                )
+            async with UnitOfWork(self.database) as uow:
+                await uow.session.execute_many(_SENT, sent)
+                await uow.commit()
         failures = [ack for ack in acks if not isinstance(ack, PubAck)]
         self.published += sum(1 for ack in acks if isinstance(ack, PubAck) and not ack.duplicate)
         self.duplicates += sum(1 for ack in acks if isinstance(ack, PubAck) and ack.duplicate)

@@ -1,8 +1,9 @@
 """One way to run any service: gRPC server, health, reflection, database, event flow, drain.
 
 A service describes itself with a `ServiceDefinition` (its gRPC services, tables, and how to
-build its servicers and event handler from the `Runtime`); `serve` does the rest the same way
-for all five.
+build its servicers, unit of work and event handler from the `Runtime`); `serve` does the rest
+the same way for all five, in the steps of grpc's graceful-shutdown example: build, start,
+wait for a signal, drain.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import grpc
-import sqlalchemy.exc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from phoneseller.customer.v1 import customer_service_pb2
@@ -27,24 +28,16 @@ from phoneseller.store.v1 import store_service_pb2
 from sqlalchemy import MetaData
 
 from services.kit import context, errors, logs, tables
-from services.kit.bus import EventBus
+from services.kit.bus import EventBus, StreamRetention
 from services.kit.config import Settings
-from services.kit.consumer import BatchHandler, EventConsumer, Handler
-from services.kit.db import Database
+from services.kit.consumer import BatchHandler, ConsumerSettings, EventConsumer, Handler
+from services.kit.db import Database, DatabaseUnavailableError
 from services.kit.events import EventTypes
 from services.kit.health import Health
 from services.kit.outbox import OutboxRelay
+from services.kit.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
-
-#: Failures that mean "the database is not reachable now" rather than "this code is wrong".
-DATABASE_UNREACHABLE = (
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    ConnectionError,
-    OSError,
-    TimeoutError,
-)
 
 #: Every phoneseller service answers reflection for all of them, so that `grpcurl list`
 #: through the gateway shows the whole API whichever replica it reaches.
@@ -77,6 +70,8 @@ class ServiceParts:
 
     #: Adds the service's servicers to the server.
     register: Callable[[grpc.aio.Server], None]
+    #: A new unit of work of the service (its repositories on one transaction).
+    unit_of_work: Callable[[], UnitOfWork]
     #: The events this service consumes and its handler for them, if it consumes any.
     consumes: tuple[EventTypes, Handler | BatchHandler] | None = None
     #: Long-running tasks started once the database is open (e.g. store's auto-ship).
@@ -91,6 +86,18 @@ class ServiceDefinition:
     grpc_services: tuple[str, ...]
     metadata: MetaData
     build: Callable[[Runtime], ServiceParts]
+
+    @classmethod
+    def of(
+        cls,
+        name: str,
+        service_module: ModuleType,
+        metadata: MetaData,
+        build: Callable[[Runtime], ServiceParts],
+    ) -> ServiceDefinition:
+        """The definition of a service whose gRPC services are those of `service_module`."""
+        services = service_module.DESCRIPTOR.services_by_name.values()
+        return cls(name, tuple(s.full_name for s in services), metadata, build)
 
 
 class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -109,6 +116,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         behavior = handler.unary_unary
         method = details.method
+        service = self.service
 
         async def handle(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
             metadata = {k: v for k, v in ctx.invocation_metadata() or () if isinstance(v, str)}
@@ -122,10 +130,10 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                         "call refused",
                         extra={"method": method, "code": exc.code.name, "reason": exc.reason},
                     )
-                    status = exc.to_status(self.service)
+                    status = exc.to_status(service)
                 except (grpc.aio.AbortError, asyncio.CancelledError):
                     raise
-                except DATABASE_UNREACHABLE as exc:
+                except DatabaseUnavailableError as exc:
                     # Transient by nature: the caller (or the mesh) should try again, maybe
                     # on another replica; not an INTERNAL bug.
                     log.warning(
@@ -135,10 +143,10 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                         "DATABASE_UNAVAILABLE",
                         "the service cannot reach its database now; try again shortly",
                         retry_after_seconds=1.0,
-                    ).to_status(self.service)
+                    ).to_status(service)
                 except Exception:
                     log.exception("unexpected error", extra={"method": method})
-                    status = errors.internal(self.service)
+                    status = errors.internal(service)
                 await ctx.abort(
                     errors.status_code(status),
                     status.message,
@@ -150,6 +158,105 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def build_runtime(definition: ServiceDefinition, settings: Settings, health: Health) -> Runtime:
+    database = Database(settings.database_url, tables.metadata, definition.metadata)
+
+    async def bus_state(connected: bool) -> None:
+        await health.set_eventflow_part("bus", connected)
+
+    bus = EventBus(
+        settings.nats_url,
+        stream_replicas=settings.stream_replicas,
+        retention=StreamRetention(settings.stream_max_age_seconds, settings.stream_max_bytes),
+        name=settings.service,
+        on_state_change=bus_state,
+    )
+    return Runtime(settings, database, bus, health)
+
+
+def build_server(definition: ServiceDefinition, runtime: Runtime, parts: ServiceParts) -> Any:
+    server = grpc.aio.server(
+        interceptors=[RequestInterceptor(runtime.settings.service)],
+        # Refuse to share a port: two processes on one port would split traffic silently.
+        options=[("grpc.so_reuseport", 0)],
+    )
+    parts.register(server)
+    health_pb2_grpc.add_HealthServicer_to_server(runtime.health.servicer, server)
+    reflection.enable_server_reflection(
+        (
+            *PHONESELLER_API,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    server.add_insecure_port(runtime.settings.grpc_address)
+    return server
+
+
+async def start_event_flow(runtime: Runtime, parts: ServiceParts) -> list[asyncio.Task[None]]:
+    """Open the database (then SERVING), connect NATS, start the relay, consumer and jobs."""
+    await runtime.database.open()
+    await runtime.health.set_ready()
+
+    async def relay_health(healthy: bool) -> None:
+        await runtime.health.set_eventflow_part("relay", healthy)
+
+    tasks = [
+        asyncio.create_task(runtime.bus.connect(), name="bus"),
+        asyncio.create_task(
+            OutboxRelay(runtime.database, runtime.bus, on_health=relay_health).run(),
+            name="outbox-relay",
+        ),
+    ]
+    if parts.consumes is not None:
+        event_types, handler = parts.consumes
+        consumer = EventConsumer(
+            runtime.settings.service,
+            runtime.bus,
+            event_types,
+            handler,
+            parts.unit_of_work,
+            ConsumerSettings(inbox_retention_seconds=runtime.settings.inbox_retention_seconds),
+        )
+        tasks.append(asyncio.create_task(consumer.run(), name="consumer"))
+    tasks += [asyncio.create_task(job(), name=job.__name__) for job in parts.background]
+    return tasks
+
+
+async def drain(
+    runtime: Runtime,
+    server: Any,
+    parts: ServiceParts,
+    starting: asyncio.Task[list[asyncio.Task[None]]],
+) -> None:
+    """NOT_SERVING, keep answering while callers notice, finish in-flight calls, stop."""
+    settings = runtime.settings
+    log.info(
+        "shutting down: NOT_SERVING, draining",
+        extra={
+            "drain_seconds": settings.shutdown_drain_seconds,
+            "grace_seconds": settings.shutdown_grace_seconds,
+        },
+    )
+    await runtime.health.enter_graceful_shutdown()
+    # Let load balancers see NOT_SERVING and stop sending new calls before we refuse them.
+    await asyncio.sleep(settings.shutdown_drain_seconds)
+    await server.stop(settings.shutdown_grace_seconds)
+    tasks: list[asyncio.Task[None]] = []
+    if starting.done() and not starting.cancelled() and starting.exception() is None:
+        tasks = starting.result()
+    else:
+        starting.cancel()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(starting, *tasks, return_exceptions=True)
+    for close in parts.close:
+        await close()
+    await runtime.bus.close()
+    await runtime.database.close()
 
 
 async def serve(
@@ -165,90 +272,20 @@ async def serve(
 
     health = Health(definition.grpc_services)
     await health.start()
-    database = Database(settings.database_url, tables.metadata, definition.metadata)
-
-    async def bus_state(connected: bool) -> None:
-        await health.set_eventflow_part("bus", connected)
-
-    bus = EventBus(
-        settings.nats_url,
-        stream_replicas=settings.stream_replicas,
-        name=settings.service,
-        on_state_change=bus_state,
-    )
-    runtime = Runtime(settings, database, bus, health)
+    runtime = build_runtime(definition, settings, health)
     parts = definition.build(runtime)
-
-    server = grpc.aio.server(
-        interceptors=[RequestInterceptor(settings.service)],
-        # Refuse to share a port: two processes on one port would split traffic silently.
-        options=[("grpc.so_reuseport", 0)],
-    )
-    parts.register(server)
-    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
-    reflection.enable_server_reflection(
-        (
-            *PHONESELLER_API,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
-    server.add_insecure_port(settings.grpc_address)
+    server = build_server(definition, runtime, parts)
     await server.start()
     log.info(
         "listening",
         extra={
             "address": settings.grpc_address,
-            "database": database.backend,
+            "database": runtime.database.backend,
             "nats_url": settings.nats_url,
         },
     )
-
-    async def relay_health(healthy: bool) -> None:
-        await health.set_eventflow_part("relay", healthy)
-
-    async def start_up() -> list[asyncio.Task[None]]:
-        await database.open()
-        await health.set_ready()
-        tasks = [
-            asyncio.create_task(bus.connect(), name="bus"),
-            asyncio.create_task(
-                OutboxRelay(database, bus, on_health=relay_health).run(), name="outbox-relay"
-            ),
-        ]
-        if parts.consumes is not None:
-            event_types, handler = parts.consumes
-            consumer = EventConsumer(settings.service, database, bus, event_types, handler)
-            tasks.append(asyncio.create_task(consumer.run(), name="consumer"))
-        tasks += [asyncio.create_task(job(), name=job.__name__) for job in parts.background]
-        return tasks
-
-    starting = asyncio.create_task(start_up())
+    starting = asyncio.create_task(start_event_flow(runtime, parts))
     await stop.wait()
-
-    log.info(
-        "shutting down: NOT_SERVING, draining",
-        extra={
-            "drain_seconds": settings.shutdown_drain_seconds,
-            "grace_seconds": settings.shutdown_grace_seconds,
-        },
-    )
-    await health.enter_graceful_shutdown()
-    # Let load balancers see NOT_SERVING and stop sending new calls before we refuse them.
-    await asyncio.sleep(settings.shutdown_drain_seconds)
-    await server.stop(settings.shutdown_grace_seconds)
-    tasks = []
-    if starting.done() and not starting.cancelled() and starting.exception() is None:
-        tasks = starting.result()
-    else:
-        starting.cancel()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(starting, *tasks, return_exceptions=True)
-    for close in parts.close:
-        await close()
-    await bus.close()
-    await database.close()
+    await drain(runtime, server, parts, starting)
     log.info("stopped")
     return 0

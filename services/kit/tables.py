@@ -17,13 +17,11 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
-#: Execution option that makes a SQLite transaction start as a plain (deferred) reader.
-READ_ONLY = "phoneseller_read_only"
-
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL wants BIGINT identity.
 _Sequence = BigInteger().with_variant(Integer(), "sqlite")
 
-#: Events committed with the changes that caused them, waiting for (or done with) publishing.
+#: Events committed with the changes that caused them, waiting to be published. The relay
+#: deletes a row once JetStream has acknowledged it, so the table holds only what is pending.
 outbox = Table(
     "outbox",
     metadata,
@@ -36,25 +34,20 @@ outbox = Table(
     Column("occurred_at", DateTime(timezone=True), nullable=False),
     Column("traceparent", String(64), nullable=False),
     Column("payload", LargeBinary, nullable=False),
-    Column("published_at", DateTime(timezone=True), nullable=True),
 )
 
-# The relay only ever looks for unpublished rows: keep that lookup small as the table grows.
-Index(
-    "ix_outbox_unpublished",
-    outbox.c.seq,
-    sqlite_where=outbox.c.published_at.is_(None),
-    postgresql_where=outbox.c.published_at.is_(None),
-)
-
-#: Ids of events this service has handled, written in the handler's transaction.
+#: Ids of events this service has handled, written in the handler's transaction. A row is
+#: pruned once its event can no longer come again: JetStream's ack floor has passed its stream
+#: sequence (no redelivery) and it is older than the inbox retention (docs/architecture.md).
 inbox = Table(
     "inbox",
     metadata,
     Column("event_id", String(64), primary_key=True),
     Column("event_type", String(200), nullable=False),
     Column("handled_at", DateTime(timezone=True), nullable=False),
+    Column("stream_seq", BigInteger, nullable=False),
 )
+Index("ix_inbox_handled_at", inbox.c.handled_at)
 
 #: Events that kept failing, parked with their error so they block nothing and are not lost.
 dead_letters = Table(

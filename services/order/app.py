@@ -9,27 +9,29 @@ from phoneseller.payment.v1 import payment_service_pb2_grpc
 from services.kit import clients
 from services.kit.server import Runtime, ServiceDefinition, ServiceParts
 from services.order import handlers
-from services.order.repository import metadata
+from services.order.peers import PaymentClient
+from services.order.repository import OrderUnitOfWork, metadata
 from services.order.servicer import OrderServicer
 
 
 def build(runtime: Runtime) -> ServiceParts:
-    payment = clients.channel(runtime.settings.payment_address)
-    servicer = OrderServicer(runtime.database, payment_service_pb2_grpc.PaymentServiceStub(payment))
+    channel = clients.channel(runtime.settings.payment_address)
+    payment = PaymentClient(payment_service_pb2_grpc.PaymentServiceStub(channel))
+
+    def unit_of_work() -> OrderUnitOfWork:
+        return OrderUnitOfWork(runtime.database)
+
+    servicer = OrderServicer(unit_of_work, payment)
 
     def register(server: grpc.aio.Server) -> None:
         order_service_pb2_grpc.add_OrderServiceServicer_to_server(servicer, server)
 
     return ServiceParts(
-        register=register, consumes=(handlers.EVENT_TYPES, handlers.handle), close=[payment.close]
+        register=register,
+        unit_of_work=unit_of_work,
+        consumes=(handlers.CONSUMED, handlers.handle),
+        close=[channel.close],
     )
 
 
-definition = ServiceDefinition(
-    name="order",
-    grpc_services=tuple(
-        s.full_name for s in order_service_pb2.DESCRIPTOR.services_by_name.values()
-    ),
-    metadata=metadata,
-    build=build,
-)
+definition = ServiceDefinition.of("order", order_service_pb2, metadata, build)

@@ -110,16 +110,24 @@ class Order:
         self.update_time = utcnow()
         return True
 
+    # Each transition says whether it changed the order, so that a handler seeing an event for
+    # the second time writes nothing.
+    def _note_payment(self, payment_id: str) -> bool:
+        if self.payment_id or not payment_id:
+            return False
+        self.payment_id = payment_id
+        return True
+
     def mark_paid(self, payment_id: str) -> bool:
-        self.payment_id = self.payment_id or payment_id
-        return self._move(OrderStatus.PAID)
+        noted = self._note_payment(payment_id)
+        return self._move(OrderStatus.PAID) or noted
 
     def mark_declined(self, payment_id: str, reason: str) -> bool:
-        self.payment_id = self.payment_id or payment_id
+        noted = self._note_payment(payment_id)
         if self._move(OrderStatus.PAYMENT_DECLINED):
             self.decline_reason = reason
             return True
-        return False
+        return noted
 
     def mark_shipped(self) -> bool:
         return self._move(OrderStatus.SHIPPED)
@@ -141,10 +149,16 @@ class Order:
     # An order has at most one grant and one reversal of the same size, but a reversal may be
     # announced twice (0 points when the cancel raced ahead of the grant, then the full
     # amount): keeping the larger figure is right in any order of arrival.
-    def points_earned(self, points: int) -> None:
-        self.points_granted = max(self.points_granted, points)
+    def points_earned(self, points: int) -> bool:
+        if points <= self.points_granted:
+            return False
+        self.points_granted = points
         self.update_time = utcnow()
+        return True
 
-    def points_clawed_back(self, points: int) -> None:
-        self.points_reversed = max(self.points_reversed, points)
+    def points_clawed_back(self, points: int) -> bool:
+        if points <= self.points_reversed:
+            return False
+        self.points_reversed = points
         self.update_time = utcnow()
+        return True

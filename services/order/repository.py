@@ -1,6 +1,8 @@
-"""Orders in the service's database (SQLAlchemy Core)."""
+"""Orders in the service's database: the table, the repository and the unit of work."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from sqlalchemy import (
     BigInteger,
@@ -11,14 +13,15 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    insert,
+    bindparam,
     select,
     update,
 )
-from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.kit.clock import as_utc
+from services.kit.db import Session
+from services.kit.sql import Row, Statement, insert_ignoring_conflicts
+from services.kit.uow import Repository, UnitOfWork
 from services.order.domain import Order, OrderStatus
 
 metadata = MetaData()
@@ -52,8 +55,23 @@ _MUTABLE = (
     "update_time",
 )
 
+_GET = Statement(select(orders).where(orders.c.order_id == bindparam("order_id")))
+# FOR UPDATE locks the row until commit on PostgreSQL; SQLite renders none (its writer holds
+# the whole database already).
+_GET_FOR_UPDATE = Statement(
+    select(orders).where(orders.c.order_id == bindparam("order_id")).with_for_update()
+)
+_BY_REQUEST_ID = Statement(select(orders).where(orders.c.request_id == bindparam("request_id")))
+# A second PlaceOrder with the same request id inserts nothing (and returns no row).
+_ADD = insert_ignoring_conflicts(orders, "request_id", returning="order_id")
+_SAVE = Statement(
+    update(orders)
+    .where(orders.c.order_id == bindparam("key"))
+    .values({name: bindparam(name) for name in _MUTABLE})
+)
 
-def _order(row: RowMapping) -> Order:
+
+def _order(row: Row) -> Order:
     return Order(
         order_id=row["order_id"],
         customer_id=row["customer_id"],
@@ -71,49 +89,50 @@ def _order(row: RowMapping) -> Order:
     )
 
 
-class OrderRepository:
-    def __init__(self, connection: AsyncConnection) -> None:
-        self.connection = connection
-
+class OrderRepository(Repository):
     async def get(self, order_id: str, *, for_update: bool = False) -> Order | None:
-        """The order; `for_update` locks its row until commit (PostgreSQL; SQLite locks the
-        whole database for every writing transaction anyway)."""
-        query = select(orders).where(orders.c.order_id == order_id)
-        if for_update:
-            query = query.with_for_update()
-        row = (await self.connection.execute(query)).mappings().first()
+        """The order; `for_update` keeps others from changing it until this unit of work ends."""
+        row = await self.session.row(_GET_FOR_UPDATE if for_update else _GET, order_id=order_id)
         return _order(row) if row else None
 
     async def by_request_id(self, request_id: str) -> Order | None:
-        row = (
-            (await self.connection.execute(select(orders).where(orders.c.request_id == request_id)))
-            .mappings()
-            .first()
-        )
+        row = await self.session.row(_BY_REQUEST_ID, request_id=request_id)
         return _order(row) if row else None
 
-    async def add(self, order: Order) -> None:
-        await self.connection.execute(
-            insert(orders).values(
-                order_id=order.order_id,
-                customer_id=order.customer_id,
-                item=order.item,
-                quantity=order.quantity,
-                unit_price=order.unit_price,
-                status=order.status.value,
-                request_id=order.request_id or None,
-                payment_id=order.payment_id,
-                decline_reason=order.decline_reason,
-                points_granted=order.points_granted,
-                points_reversed=order.points_reversed,
-                create_time=order.create_time,
-                update_time=order.update_time,
-            )
+    async def add(self, order: Order) -> bool:
+        """Insert a new order; False (nothing written) if its request id has an order already."""
+        row = await self.session.row(
+            _ADD,
+            order_id=order.order_id,
+            customer_id=order.customer_id,
+            item=order.item,
+            quantity=order.quantity,
+            unit_price=order.unit_price,
+            status=order.status.value,
+            request_id=order.request_id or None,
+            payment_id=order.payment_id,
+            decline_reason=order.decline_reason,
+            points_granted=order.points_granted,
+            points_reversed=order.points_reversed,
+            create_time=order.create_time,
+            update_time=order.update_time,
         )
+        if row is None:
+            return False
+        self._saved(order)
+        return True
 
     async def save(self, order: Order) -> None:
+        """Write a changed order."""
         values = {name: getattr(order, name) for name in _MUTABLE}
         values["status"] = order.status.value
-        await self.connection.execute(
-            update(orders).where(orders.c.order_id == order.order_id).values(**values)
-        )
+        await self.session.execute(_SAVE, key=order.order_id, **values)
+        self._saved(order)
+
+
+class OrderUnitOfWork(UnitOfWork):
+    orders: OrderRepository
+
+    def repositories(self, session: Session) -> Sequence[Repository]:
+        self.orders = OrderRepository(session)
+        return (self.orders,)

@@ -1,4 +1,5 @@
-"""How the payment service is assembled from the kit."""
+"""How the payment service is assembled from the kit. Payment consumes no events: order and
+promotion call it, and it publishes PayCompleted, PayDeclined and PayCancelled."""
 
 from __future__ import annotations
 
@@ -9,29 +10,26 @@ from phoneseller.promotion.v1 import promotion_service_pb2_grpc
 from services.kit import clients
 from services.kit.server import Runtime, ServiceDefinition, ServiceParts
 from services.payment.domain import DeclineRule
-from services.payment.repository import metadata
+from services.payment.peers import PromotionClient
+from services.payment.repository import PaymentUnitOfWork, metadata
 from services.payment.servicer import PaymentServicer
 
 
 def build(runtime: Runtime) -> ServiceParts:
-    promotion = clients.channel(runtime.settings.promotion_address)
+    channel = clients.channel(runtime.settings.promotion_address)
+    promotion = PromotionClient(promotion_service_pb2_grpc.PromotionServiceStub(channel))
+
+    def unit_of_work() -> PaymentUnitOfWork:
+        return PaymentUnitOfWork(runtime.database)
+
     servicer = PaymentServicer(
-        runtime.database,
-        DeclineRule(runtime.settings.payment_decline_above),
-        promotion_service_pb2_grpc.PromotionServiceStub(promotion),
+        unit_of_work, DeclineRule(runtime.settings.payment_decline_above), promotion
     )
 
     def register(server: grpc.aio.Server) -> None:
         payment_service_pb2_grpc.add_PaymentServiceServicer_to_server(servicer, server)
 
-    return ServiceParts(register=register, close=[promotion.close])
+    return ServiceParts(register=register, unit_of_work=unit_of_work, close=[channel.close])
 
 
-definition = ServiceDefinition(
-    name="payment",
-    grpc_services=tuple(
-        s.full_name for s in payment_service_pb2.DESCRIPTOR.services_by_name.values()
-    ),
-    metadata=metadata,
-    build=build,
-)
+definition = ServiceDefinition.of("payment", payment_service_pb2, metadata, build)

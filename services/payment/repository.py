@@ -1,12 +1,25 @@
-"""Payments in the service's database (SQLAlchemy Core)."""
+"""Payments in the service's database: the table, the repository and the unit of work."""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, DateTime, MetaData, String, Table, insert, select, update
-from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncConnection
+from collections.abc import Sequence
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    select,
+    update,
+)
 
 from services.kit.clock import as_utc
+from services.kit.db import Session
+from services.kit.sql import Row, Statement, insert_ignoring_conflicts
+from services.kit.uow import ConcurrentUpdateError, Repository, UnitOfWork
 from services.payment.domain import Payment, PaymentStatus
 
 metadata = MetaData()
@@ -25,8 +38,25 @@ payments = Table(
     Column("update_time", DateTime(timezone=True), nullable=False),
 )
 
+_GET = Statement(select(payments).where(payments.c.payment_id == bindparam("payment_id")))
+_GET_FOR_UPDATE = Statement(
+    select(payments).where(payments.c.payment_id == bindparam("payment_id")).with_for_update()
+)
+_FOR_ORDER = Statement(select(payments).where(payments.c.order_id == bindparam("order_id")))
+# A second Pay for the same order (a retry through the mesh) inserts nothing.
+_ADD = insert_ignoring_conflicts(payments, "order_id", returning="payment_id")
+# Compare-and-set on the status: a payment changes only from the status it was read in.
+_SAVE = Statement(
+    update(payments)
+    .where(
+        payments.c.payment_id == bindparam("key"),
+        payments.c.status == bindparam("expected"),
+    )
+    .values(status=bindparam("status"), update_time=bindparam("update_time"))
+)
 
-def _payment(row: RowMapping) -> Payment:
+
+def _payment(row: Row) -> Payment:
     return Payment(
         payment_id=row["payment_id"],
         order_id=row["order_id"],
@@ -39,49 +69,63 @@ def _payment(row: RowMapping) -> Payment:
     )
 
 
-class PaymentRepository:
-    def __init__(self, connection: AsyncConnection) -> None:
-        self.connection = connection
+class PaymentRepository(Repository):
+    def __init__(self, session: Session) -> None:
+        super().__init__(session)
+        #: The status each payment had when this unit of work read it (for `save`).
+        self._read: dict[str, PaymentStatus] = {}
 
-    async def get(self, payment_id: str) -> Payment | None:
-        row = (
-            (
-                await self.connection.execute(
-                    select(payments).where(payments.c.payment_id == payment_id)
-                )
-            )
-            .mappings()
-            .first()
-        )
-        return _payment(row) if row else None
+    async def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None:
+        row = await self.session.row(_GET_FOR_UPDATE if for_update else _GET, payment_id=payment_id)
+        return self._remember(_payment(row)) if row else None
 
     async def for_order(self, order_id: str) -> Payment | None:
-        row = (
-            (await self.connection.execute(select(payments).where(payments.c.order_id == order_id)))
-            .mappings()
-            .first()
-        )
-        return _payment(row) if row else None
+        row = await self.session.row(_FOR_ORDER, order_id=order_id)
+        return self._remember(_payment(row)) if row else None
 
-    async def add(self, payment: Payment) -> None:
-        await self.connection.execute(
-            insert(payments).values(
-                payment_id=payment.payment_id,
-                order_id=payment.order_id,
-                customer_id=payment.customer_id,
-                amount=payment.amount,
-                status=payment.status.value,
-                decline_reason=payment.decline_reason,
-                create_time=payment.create_time,
-                update_time=payment.update_time,
-            )
-        )
+    def _remember(self, payment: Payment) -> Payment:
+        self._read[payment.payment_id] = payment.status
+        return payment
 
-    async def save_status(self, payment: Payment, expected: PaymentStatus) -> bool:
-        """Compare-and-set the status; False if another call changed it first."""
-        result = await self.connection.execute(
-            update(payments)
-            .where(payments.c.payment_id == payment.payment_id, payments.c.status == expected.value)
-            .values(status=payment.status.value, update_time=payment.update_time)
+    async def add(self, payment: Payment) -> bool:
+        """Insert a new payment; False (nothing written) if its order has one already."""
+        row = await self.session.row(
+            _ADD,
+            payment_id=payment.payment_id,
+            order_id=payment.order_id,
+            customer_id=payment.customer_id,
+            amount=payment.amount,
+            status=payment.status.value,
+            decline_reason=payment.decline_reason,
+            create_time=payment.create_time,
+            update_time=payment.update_time,
         )
-        return result.rowcount == 1
+        if row is None:
+            return False
+        self._remember(payment)
+        self._saved(payment)
+        return True
+
+    async def save(self, payment: Payment) -> None:
+        """Write a changed payment read in this unit of work; raises ConcurrentUpdateError if
+        another writer changed it since."""
+        expected = self._read[payment.payment_id]
+        changed = await self.session.execute(
+            _SAVE,
+            key=payment.payment_id,
+            expected=expected.value,
+            status=payment.status.value,
+            update_time=payment.update_time,
+        )
+        if changed != 1:
+            raise ConcurrentUpdateError(f"payment {payment.payment_id!r} changed concurrently")
+        self._remember(payment)
+        self._saved(payment)
+
+
+class PaymentUnitOfWork(UnitOfWork):
+    payments: PaymentRepository
+
+    def repositories(self, session: Session) -> Sequence[Repository]:
+        self.payments = PaymentRepository(session)
+        return (self.payments,)

@@ -1,6 +1,8 @@
-"""Point grants and the ledger in the service's database (SQLAlchemy Core)."""
+"""Point grants and the ledger in the service's database: tables, repository, unit of work."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from sqlalchemy import (
     BigInteger,
@@ -12,15 +14,16 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    bindparam,
     case,
-    insert,
     select,
     update,
 )
-from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.kit.clock import as_utc
+from services.kit.db import Session
+from services.kit.sql import Row, Statement, insert_row
+from services.kit.uow import ConcurrentUpdateError, Repository, UnitOfWork
 from services.promotion.domain import EntryKind, GrantStatus, LedgerEntry, PointGrant
 
 metadata = MetaData()
@@ -58,7 +61,37 @@ Index("ix_ledger_entries_customer", ledger.c.customer_id, ledger.c.create_time)
 _KIND_ORDER = case((ledger.c.kind == EntryKind.GRANT.value, 0), else_=1)
 
 
-def _grant(row: RowMapping) -> PointGrant:
+_GET = Statement(select(grants).where(grants.c.order_id == bindparam("order_id")))
+_GET_FOR_UPDATE = Statement(
+    select(grants).where(grants.c.order_id == bindparam("order_id")).with_for_update()
+)
+_ADD = insert_row(grants)
+_ADD_ENTRY = insert_row(ledger)
+# Compare-and-set on what the grant was when read: another writer's change makes it miss.
+_SAVE = Statement(
+    update(grants)
+    .where(
+        grants.c.order_id == bindparam("key"),
+        grants.c.status == bindparam("expected_status"),
+        grants.c.paid == bindparam("expected_paid"),
+    )
+    .values(
+        customer_id=bindparam("customer_id"),
+        points_granted=bindparam("points_granted"),
+        points_reversed=bindparam("points_reversed"),
+        status=bindparam("status"),
+        paid=bindparam("paid"),
+        update_time=bindparam("update_time"),
+    )
+)
+_ENTRIES = Statement(
+    select(ledger)
+    .where(ledger.c.customer_id == bindparam("customer_id"))
+    .order_by(ledger.c.create_time, _KIND_ORDER, ledger.c.entry_id)
+)
+
+
+def _grant(row: Row) -> PointGrant:
     return PointGrant(
         order_id=row["order_id"],
         customer_id=row["customer_id"],
@@ -71,7 +104,7 @@ def _grant(row: RowMapping) -> PointGrant:
     )
 
 
-def _entry(row: RowMapping) -> LedgerEntry:
+def _entry(row: Row) -> LedgerEntry:
     return LedgerEntry(
         entry_id=row["entry_id"],
         customer_id=row["customer_id"],
@@ -82,63 +115,57 @@ def _entry(row: RowMapping) -> LedgerEntry:
     )
 
 
-class PromotionRepository:
-    def __init__(self, connection: AsyncConnection) -> None:
-        self.connection = connection
+def _values(grant: PointGrant) -> dict[str, object]:
+    return {
+        "customer_id": grant.customer_id,
+        "points_granted": grant.points_granted,
+        "points_reversed": grant.points_reversed,
+        "status": grant.status.value,
+        "paid": grant.paid,
+        "update_time": grant.update_time,
+    }
+
+
+class GrantRepository(Repository):
+    """Point grants, and the ledger entries their changes add."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(session)
+        #: What each grant was when this unit of work read it (for `save`'s compare-and-set).
+        self._read: dict[str, tuple[GrantStatus, bool]] = {}
 
     async def get(self, order_id: str, *, for_update: bool = False) -> PointGrant | None:
-        """The order's grant; `for_update` locks its row until the transaction ends
-        (PostgreSQL; SQLite's write transactions are serialized already)."""
-        query = select(grants).where(grants.c.order_id == order_id)
-        if for_update:
-            query = query.with_for_update()
-        row = (await self.connection.execute(query)).mappings().first()
-        return _grant(row) if row else None
+        """The order's grant; `for_update` keeps others from changing it until this unit of
+        work ends (PostgreSQL; SQLite's writer holds the whole database anyway)."""
+        row = await self.session.row(_GET_FOR_UPDATE if for_update else _GET, order_id=order_id)
+        if row is None:
+            return None
+        grant = _grant(row)
+        self._read[grant.order_id] = (grant.status, grant.paid)
+        return grant
 
-    async def add(self, grant: PointGrant) -> None:
-        await self.connection.execute(
-            insert(grants).values(
-                order_id=grant.order_id,
-                customer_id=grant.customer_id,
-                points_granted=grant.points_granted,
-                points_reversed=grant.points_reversed,
-                status=grant.status.value,
-                paid=grant.paid,
-                create_time=grant.create_time,
-                update_time=grant.update_time,
+    async def save(self, grant: PointGrant) -> None:
+        """Write a new grant, or a changed one read in this unit of work, with its new ledger
+        entries. Raises ConcurrentUpdateError if another writer changed it since (nothing is
+        written then) and the database's IntegrityError if another writer created it first."""
+        read = self._read.get(grant.order_id)
+        if read is None:
+            await self.session.execute(
+                _ADD, order_id=grant.order_id, create_time=grant.create_time, **_values(grant)
             )
-        )
-        await self._add_entries(grant)
-
-    async def save(self, grant: PointGrant, expected: PointGrant) -> bool:
-        """Compare-and-set a changed grant and add its new entries; False if another writer
-        changed the grant first (nothing is written then)."""
-        result = await self.connection.execute(
-            update(grants)
-            .where(
-                grants.c.order_id == grant.order_id,
-                grants.c.status == expected.status.value,
-                grants.c.paid == expected.paid,
+        else:
+            changed = await self.session.execute(
+                _SAVE,
+                key=grant.order_id,
+                expected_status=read[0].value,
+                expected_paid=read[1],
+                **_values(grant),
             )
-            .values(
-                customer_id=grant.customer_id,
-                points_granted=grant.points_granted,
-                points_reversed=grant.points_reversed,
-                status=grant.status.value,
-                paid=grant.paid,
-                update_time=grant.update_time,
-            )
-        )
-        if result.rowcount != 1:
-            return False
-        await self._add_entries(grant)
-        return True
-
-    async def _add_entries(self, grant: PointGrant) -> None:
-        if not grant.new_entries:
-            return
-        await self.connection.execute(
-            insert(ledger),
+            if changed != 1:
+                raise ConcurrentUpdateError(f"grant of order {grant.order_id!r} changed")
+        self._read[grant.order_id] = (grant.status, grant.paid)
+        await self.session.execute_many(
+            _ADD_ENTRY,
             [
                 {
                     "entry_id": e.entry_id,
@@ -151,18 +178,17 @@ class PromotionRepository:
                 for e in grant.new_entries
             ],
         )
+        grant.new_entries.clear()
+        self._saved(grant)
 
     async def entries(self, customer_id: str) -> list[LedgerEntry]:
         """The customer's ledger, oldest first."""
-        rows = (
-            (
-                await self.connection.execute(
-                    select(ledger)
-                    .where(ledger.c.customer_id == customer_id)
-                    .order_by(ledger.c.create_time, _KIND_ORDER, ledger.c.entry_id)
-                )
-            )
-            .mappings()
-            .all()
-        )
-        return [_entry(row) for row in rows]
+        return [_entry(row) for row in await self.session.rows(_ENTRIES, customer_id=customer_id)]
+
+
+class PromotionUnitOfWork(UnitOfWork):
+    grants: GrantRepository
+
+    def repositories(self, session: Session) -> Sequence[Repository]:
+        self.grants = GrantRepository(session)
+        return (self.grants,)

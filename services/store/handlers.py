@@ -8,11 +8,10 @@ from google.protobuf.message import Message
 from phoneseller.order.v1 import events_pb2 as order_events
 from phoneseller.payment.v1 import events_pb2 as payment_events
 
-from services.kit.db import UnitOfWork
 from services.kit.events import Envelope, EventTypes
 from services.kit.validation import ID_PATTERN
 from services.store.domain import StoreOrder, StoreOrderStatus
-from services.store.repository import StoreRepository
+from services.store.repository import StoreUnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -21,15 +20,14 @@ CONSUMED = EventTypes(
 )
 
 
-async def handle(uow: UnitOfWork, event: Message, envelope: Envelope) -> None:
+async def handle(uow: StoreUnitOfWork, event: Message, envelope: Envelope) -> None:
     """Apply one fact about an order; seen before, or overtaken by a later fact: no change."""
     order_id: str = getattr(event, "order_id", "")
     customer_id: str = getattr(event, "customer_id", "")
     if not (ID_PATTERN.match(order_id) and ID_PATTERN.match(customer_id)):
         # Retried, then parked in dead_letters by the consumer: never dropped silently.
         raise ValueError(f"{envelope.event_type} without a valid order_id and customer_id")
-    orders = StoreRepository(uow.connection)
-    current = await orders.get(order_id, for_update=True)
+    current = await uow.store_orders.get(order_id, for_update=True)
     record = current or StoreOrder.unseen(order_id, customer_id)
     if isinstance(event, order_events.Ordered):
         if not event.item or event.quantity <= 0:
@@ -46,11 +44,9 @@ async def handle(uow: UnitOfWork, event: Message, envelope: Envelope) -> None:
         result = record.payment_cancelled()
     else:
         raise ValueError(f"the store does not handle {envelope.event_type}")
-    if current is None:
-        await orders.add(result)
-    elif result is not current and not await orders.save(result, expected=current.status):
-        # Changed under us (a concurrent ShipOrder): the consumer retries the event.
-        raise RuntimeError(f"store order {order_id!r} changed concurrently")
+    if current is None or result is not current:
+        # A concurrent ShipOrder makes this raise; the consumer tries the event again.
+        await uow.store_orders.save(result)
     if result.status is not record.status:
         log.info(
             "store order updated",

@@ -1,10 +1,10 @@
-"""StoreService over gRPC: ListStoreOrders and ShipOrder."""
+"""StoreService over gRPC: validate, call a use case, convert to proto."""
 
 from __future__ import annotations
 
 import base64
 import json
-import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -12,26 +12,14 @@ import grpc
 from phoneseller.store.v1 import store_service_pb2 as pb
 from phoneseller.store.v1 import store_service_pb2_grpc as pb_grpc
 
-from services.kit import errors
 from services.kit.clock import as_utc, timestamp
-from services.kit.db import Database
 from services.kit.validation import Violations
-from services.store.domain import (
-    DetailsPendingError,
-    NotReceivedError,
-    OrderCancelledError,
-    ShipRefusedError,
-    StoreOrder,
-    StoreOrderStatus,
-)
-from services.store.repository import StoreRepository
-
-log = logging.getLogger(__name__)
+from services.store import usecases
+from services.store.domain import StoreOrder, StoreOrderStatus
+from services.store.repository import StoreUnitOfWork
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
-#: Tries of a ShipOrder that lost a race with another writer of the same order.
-WRITE_ATTEMPTS = 3
 
 _STATUS = {
     StoreOrderStatus.RECEIVED: pb.STORE_ORDER_STATUS_RECEIVED,
@@ -80,35 +68,9 @@ class PageToken:
             raise ValueError("malformed page token") from exc
 
 
-def ship_refused(exc: ShipRefusedError) -> errors.ServiceError:
-    order_id = exc.order_id
-    if isinstance(exc, NotReceivedError):
-        return errors.not_found("store_order", order_id)
-    if isinstance(exc, OrderCancelledError):
-        return errors.failed_precondition(
-            "STORE_ORDER_CANCELLED",
-            f"store order {order_id!r} was cancelled and cannot be shipped",
-            f"storeOrders/{order_id}",
-            {"order_id": order_id},
-        )
-    if isinstance(exc, DetailsPendingError):
-        return errors.unavailable(
-            "STORE_ORDER_DETAILS_PENDING",
-            f"the store has not yet received what to ship for order {order_id!r}; "
-            "try again shortly",
-            retry_after_seconds=1.0,
-            metadata={"order_id": order_id},
-        )
-    raise AssertionError(f"unmapped refusal {exc!r}")
-
-
-class _RacedError(Exception):
-    """Another writer changed the order between our read and our write."""
-
-
 class StoreServicer(pb_grpc.StoreServiceServicer):
-    def __init__(self, database: Database) -> None:
-        self.database = database
+    def __init__(self, unit_of_work: Callable[[], StoreUnitOfWork]) -> None:
+        self.unit_of_work = unit_of_work
 
     async def ListStoreOrders(
         self, request: pb.ListStoreOrdersRequest, context: grpc.aio.ServicerContext
@@ -130,14 +92,12 @@ class StoreServicer(pb_grpc.StoreServiceServicer):
                 if after.status != request.status:
                     check.add("page_token", "was returned for a call with another status filter")
         check.check()
-        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        async with self.database.unit_of_work(read_only=True) as uow:
-            orders = await StoreRepository(uow.connection).page(
-                status=_STATUS_FILTER.get(request.status),
-                after=(after.receive_time, after.order_id) if after else None,
-                limit=size + 1,
-            )
-        page, more = orders[:size], len(orders) > size
+        page, more = await usecases.list_store_orders(
+            self.unit_of_work(),
+            status=_STATUS_FILTER.get(request.status),
+            after=(after.receive_time, after.order_id) if after else None,
+            page_size=min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE),
+        )
         next_token = ""
         if more:
             last = page[-1]
@@ -154,34 +114,4 @@ class StoreServicer(pb_grpc.StoreServiceServicer):
         check.identifier("order_id", request.order_id)
         check.identifier("request_id", request.request_id, required=False)
         check.check()
-        for _ in range(WRITE_ATTEMPTS):
-            try:
-                return to_proto(await self._ship(request.order_id))
-            except _RacedError:
-                # A cancel or another ShipOrder won; look again.
-                log.debug("ShipOrder raced; retrying")
-        raise errors.unavailable(
-            "CONCURRENT_UPDATE",
-            f"store order {request.order_id!r} is changing right now; try again",
-            retry_after_seconds=0.1,
-            metadata={"order_id": request.order_id},
-        )
-
-    async def _ship(self, order_id: str) -> StoreOrder:
-        async with self.database.unit_of_work() as uow:
-            orders = StoreRepository(uow.connection)
-            current = await orders.get(order_id, for_update=True)
-            if current is None:
-                raise errors.not_found("store_order", order_id)
-            try:
-                result = current.shipped()
-            except ShipRefusedError as exc:
-                raise ship_refused(exc) from None
-            if result is current:
-                return current  # shipped already: nothing more to do
-            if not await orders.save(result, expected=StoreOrderStatus.RECEIVED):
-                raise _RacedError
-            uow.emit(*result.events)
-            await uow.commit()
-        log.info("store order shipped", extra={"item": result.item, "quantity": result.quantity})
-        return result
+        return to_proto(await usecases.ship_order(self.unit_of_work(), request.order_id))

@@ -28,7 +28,7 @@ class CounterProcess:
             "-m",
             "tests.support.counting_consumer",
             "--database-url",
-            f"sqlite+aiosqlite:///{db_path}",
+            f"sqlite:///{db_path}",
             "--nats-url",
             nats_url,
             *extra,

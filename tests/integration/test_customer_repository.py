@@ -18,7 +18,7 @@ from phoneseller.order.v1 import events_pb2 as order_events
 from phoneseller.payment.v1 import events_pb2 as payment_events
 from phoneseller.promotion.v1 import events_pb2 as promotion_events
 from phoneseller.store.v1 import events_pb2 as store_events
-from sqlalchemy import event, func, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -30,13 +30,14 @@ from services.customer.domain import (
     history,
     project,
 )
-from services.customer.projector import project_batch
-from services.customer.repository import CustomerViewRepository, metadata
+from services.customer.handlers import handle
+from services.customer.repository import CustomerUnitOfWork, metadata
 from services.kit import tables
 from services.kit.bus import EventBus
 from services.kit.consumer import EventConsumer
 from services.kit.db import Database
 from services.kit.events import envelope_for
+from services.kit.sql import Statement
 from tests.support.waiting import eventually
 
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
@@ -138,7 +139,7 @@ async def postgres_database() -> AsyncIterator[str]:
 async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
     async with AsyncExitStack() as stack:
         if request.param == "sqlite":
-            url = f"sqlite+aiosqlite:///{tmp_path / 'customer.db'}"
+            url = f"sqlite:///{tmp_path / 'customer.db'}"
         else:
             url = await stack.enter_async_context(postgres_database())
         db = Database(url, tables.metadata, metadata)
@@ -149,31 +150,25 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
 
 @contextmanager
 def counting_statements(db: Database) -> Iterator[list[str]]:
+    """The statements the database's sessions run inside the block."""
     statements: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if not statement.lstrip().upper().startswith(("BEGIN", "COMMIT", "ROLLBACK")):
-            statements.append(statement)
-
-    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    db.observer = statements.append
     try:
         yield statements
     finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+        db.observer = None
 
 
 async def apply(db: Database, events: list[Message]) -> int:
-    async with db.unit_of_work() as uow:
-        new = await CustomerViewRepository(uow.connection).apply(
-            [fact_from_event(e) for e in events]
-        )
+    async with CustomerUnitOfWork(db) as uow:
+        new = await uow.views.apply([fact_from_event(e) for e in events])
         await uow.commit()
     return new
 
 
 async def read(db: Database, customer_id: str) -> CustomerHistory:
-    async with db.unit_of_work(read_only=True) as uow:
-        return await CustomerViewRepository(uow.connection).history(customer_id)
+    async with CustomerUnitOfWork(db).reading() as uow:
+        return await uow.views.history(customer_id)
 
 
 async def test_any_batching_order_and_copies_store_the_pure_projection(database: Database) -> None:
@@ -200,10 +195,9 @@ async def test_any_batching_order_and_copies_store_the_pure_projection(database:
         OrderStatus.SHIPPED,
     ]
     assert alice.point_balance == 120_000
-    async with database.unit_of_work(read_only=True) as uow:
-        repository = CustomerViewRepository(uow.connection)
+    async with CustomerUnitOfWork(database).reading() as uow:
         for order in alice.orders:
-            assert await repository.project_order(order.order_id) == order
+            assert await uow.views.project_order(order.order_id) == order
 
 
 async def test_applying_again_changes_nothing(database: Database) -> None:
@@ -234,6 +228,13 @@ async def test_a_batch_costs_a_fixed_number_of_statements(database: Database) ->
     assert len(statements) == 5, statements  # ... and update the views seen before
 
 
+class FakeMetadata:
+    class sequence:  # noqa: N801 - shaped like nats-py's Msg.Metadata
+        stream = 1
+
+    num_delivered = 1
+
+
 class FakeMsg:
     """What the kit's consumer reads of a NATS message on its batch path."""
 
@@ -243,6 +244,7 @@ class FakeMsg:
         self.headers = envelope.headers()
         self.data = envelope.payload
         self.acked = False
+        self.metadata = FakeMetadata()
 
     async def ack(self) -> None:
         self.acked = True
@@ -253,7 +255,11 @@ async def test_the_service_consumer_projects_a_batch_in_one_go(database: Databas
     delivered = [*events, *events[:56]]  # copies in the same batch
     random.Random(3).shuffle(delivered)
     consumer = EventConsumer(
-        "customer", database, EventBus("nats://unused"), EVENT_TYPES, project_batch
+        "customer",
+        EventBus("nats://unused"),
+        EVENT_TYPES,
+        handle,
+        lambda: CustomerUnitOfWork(database),
     )
     messages = [FakeMsg(e) for e in delivered]
     with counting_statements(database) as statements:
@@ -264,8 +270,10 @@ async def test_the_service_consumer_projects_a_batch_in_one_go(database: Databas
     assert consumer.handled == len(messages)
     for i in range(7):
         assert await read(database, f"d{i}") == expected_history(f"d{i}", events)
-    async with database.unit_of_work(read_only=True) as uow:
-        inbox_rows = await uow.connection.scalar(select(func.count()).select_from(tables.inbox))
+    async with CustomerUnitOfWork(database).reading() as uow:
+        inbox_rows = await uow.session.scalar(
+            Statement(select(func.count()).select_from(tables.inbox))
+        )
     assert inbox_rows == 200
 
 
@@ -277,19 +285,14 @@ async def test_concurrent_batches_about_one_order_both_count_on_postgresql() -> 
         try:
             events = saga("cancel", customer_id="fay")
             await apply(db, events[:1])
-            async with db.unit_of_work() as first:
-                await CustomerViewRepository(first.connection).apply(
-                    [fact_from_event(e) for e in events[1:3]]
-                )
+            async with CustomerUnitOfWork(db) as first:
+                await first.views.apply([fact_from_event(e) for e in events[1:3]])
                 second = asyncio.create_task(apply(db, events[3:]))
+                waiting_locks = Statement(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
 
                 async def second_is_waiting() -> bool:
-                    async with db.engine.connect() as probe:
-                        waiting = await probe.scalar(
-                            text("SELECT count(*) FROM pg_locks WHERE NOT granted")
-                        )
-                        await probe.rollback()
-                    return bool(waiting)
+                    async with CustomerUnitOfWork(db).reading() as probe:
+                        return bool(await probe.session.scalar(waiting_locks))
 
                 await eventually(second_is_waiting, timeout=10, message="the second batch waits")
                 await first.commit()

@@ -30,12 +30,13 @@ from phoneseller.payment.v1 import payment_service_pb2 as payment_pb
 from phoneseller.store.v1 import store_service_pb2 as store_pb
 from sqlalchemy import func, select
 
-from services.customer.repository import CustomerViewRepository, metadata
+from services.customer.repository import CustomerUnitOfWork, metadata
 from services.customer.servicer import to_proto
 from services.kit import tables
 from services.kit.bus import stream_config
 from services.kit.db import Database
 from services.kit.events import MSG_ID, STREAM, envelope_for
+from services.kit.sql import Statement
 from tests.integration.test_customer_repository import T0, expected_history, saga
 from tests.support.nats_server import NatsServer
 from tests.support.processes import REPO, ServiceProcess
@@ -311,8 +312,8 @@ async def read_view(database_url: str, customer_id: str) -> pb.CustomerHistory:
     database = Database(database_url, tables.metadata, metadata)
     await database.open()
     try:
-        async with database.unit_of_work(read_only=True) as uow:
-            return to_proto(await CustomerViewRepository(uow.connection).history(customer_id))
+        async with CustomerUnitOfWork(database).reading() as uow:
+            return to_proto(await uow.views.history(customer_id))
     finally:
         await database.close()
 
@@ -321,9 +322,9 @@ async def count_parked(database_url: str) -> int:
     database = Database(database_url, tables.metadata, metadata)
     await database.open()
     try:
-        async with database.unit_of_work(read_only=True) as uow:
-            count = await uow.connection.scalar(
-                select(func.count()).select_from(tables.dead_letters)
+        async with CustomerUnitOfWork(database).reading() as uow:
+            count = await uow.session.scalar(
+                Statement(select(func.count()).select_from(tables.dead_letters))
             )
             return int(count or 0)
     finally:
@@ -345,7 +346,7 @@ async def test_rebuild_by_replay_equals_the_live_view_and_swaps_in(
         await converge(customer.address, expected(who, first))
     await consumer_caught_up(js)
 
-    rebuilt_url = f"sqlite+aiosqlite:///{tmp_path / 'rebuilt' / 'customer.db'}"
+    rebuilt_url = f"sqlite:///{tmp_path / 'rebuilt' / 'customer.db'}"
     # Small batches, so that the copy lands in another batch than its original.
     done = await asyncio.to_thread(run_rebuild, rebuilt_url, nats_server.url, "--batch-size", "4")
     assert done.returncode == 0, done.stderr
@@ -357,7 +358,7 @@ async def test_rebuild_by_replay_equals_the_live_view_and_swaps_in(
         assert await read_view(rebuilt_url, who) == await get_history(customer.address, who)
 
     # The live database is refused: it holds a view the command did not build.
-    live_url = f"sqlite+aiosqlite:///{customer.run_dir / 'data' / 'customer.db'}"
+    live_url = f"sqlite:///{customer.run_dir / 'data' / 'customer.db'}"
     refused = await asyncio.to_thread(run_rebuild, live_url, nats_server.url)
     assert refused.returncode == 1
     assert "did not build" in refused.stderr

@@ -59,7 +59,7 @@ def promotion(
         if request.param == "postgresql":
             url = stack.enter_context(fresh_database("promotion", request))
         else:
-            url = f"sqlite+aiosqlite:///{run_dir / 'promotion.db'}"
+            url = f"sqlite:///{run_dir / 'promotion.db'}"
         server = NatsServer(run_dir / "jetstream").start()
         stack.callback(server.stop)
         process = ServiceProcess(

@@ -62,7 +62,7 @@ def start_store(
     if backend == "postgresql":
         url = stack.enter_context(fresh_database("store", request))
     else:
-        url = f"sqlite+aiosqlite:///{run_dir / 'store.db'}"
+        url = f"sqlite:///{run_dir / 'store.db'}"
     server = NatsServer(run_dir / "jetstream").start()
     stack.callback(server.stop)
     process = ServiceProcess(

@@ -18,13 +18,15 @@ from typing import Any
 from google.protobuf.message import Message
 from nats.aio.msg import Msg
 from phoneseller.order.v1 import events_pb2
-from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, update
+from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, select, update
 
 from services.kit import logs, tables
 from services.kit.bus import EventBus
 from services.kit.consumer import ConsumerSettings, EventConsumer
-from services.kit.db import Database, UnitOfWork
+from services.kit.db import Database
 from services.kit.events import Envelope, EventTypes
+from services.kit.sql import Statement, insert_row
+from services.kit.uow import UnitOfWork
 
 metadata = MetaData()
 effects = Table(
@@ -35,22 +37,22 @@ effects = Table(
 )
 
 
+_COUNT = Statement(select(effects.c.count).where(effects.c.order_id == bindparam("order_id")))
+_FIRST = insert_row(effects)
+_ONE_MORE = Statement(
+    update(effects).where(effects.c.order_id == bindparam("order_id")).values(count=bindparam("n"))
+)
+
+
 async def count_effect(uow: UnitOfWork, event: Message, envelope: Envelope) -> None:
     fields: Any = event
     if fields.item == "poison":
         raise RuntimeError("poison pill: this event can never be handled")
-    connection = uow.connection
-    current = (
-        await connection.execute(
-            select(effects.c.count).where(effects.c.order_id == envelope.order_id)
-        )
-    ).scalar()
+    current = await uow.session.scalar(_COUNT, order_id=envelope.order_id)
     if current is None:
-        await connection.execute(insert(effects).values(order_id=envelope.order_id, count=1))
+        await uow.session.execute(_FIRST, order_id=envelope.order_id, count=1)
     else:
-        await connection.execute(
-            update(effects).where(effects.c.order_id == envelope.order_id).values(count=current + 1)
-        )
+        await uow.session.execute(_ONE_MORE, order_id=envelope.order_id, n=current + 1)
 
 
 class CrashBeforeFirstAck(EventConsumer):
@@ -67,10 +69,10 @@ async def main(args: argparse.Namespace) -> int:
     consumer_class = CrashBeforeFirstAck if args.crash_before_first_ack else EventConsumer
     consumer = consumer_class(
         "counter",
-        database,
         bus,
         EventTypes([events_pb2.Ordered]),
         count_effect,
+        lambda: UnitOfWork(database),
         ConsumerSettings(
             batch_size=args.batch_size,
             max_attempts=args.max_attempts,

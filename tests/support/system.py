@@ -7,7 +7,9 @@ the mesh issue puts Envoy in between without changing this.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,8 @@ from phoneseller.order.v1 import order_service_pb2_grpc
 from phoneseller.payment.v1 import payment_service_pb2_grpc
 from phoneseller.promotion.v1 import promotion_service_pb2_grpc
 from phoneseller.store.v1 import store_service_pb2_grpc
+from sqlalchemy import MetaData, func, select
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.support.nats_server import NatsServer
 from tests.support.ports import free_port
@@ -128,10 +132,21 @@ def running_system(run_dir: Path, env: dict[str, str] | None = None) -> Iterator
             nats.stop()
 
 
-async def _table_counts(url: str) -> dict[str, int]:
-    from sqlalchemy import MetaData, func, select
-    from sqlalchemy.ext.asyncio import create_async_engine
+def _sqlite_counts(path: Path) -> dict[str, int]:
+    with sqlite3.connect(path) as connection:
+        names = [
+            row[0]
+            for row in connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        return {
+            name: int(connection.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0])
+            for name in names
+        }
 
+
+async def _postgres_counts(url: str) -> dict[str, int]:
     engine = create_async_engine(url)
     try:
         async with engine.connect() as connection:
@@ -149,12 +164,12 @@ async def _table_counts(url: str) -> dict[str, int]:
 
 def table_counts(system: System) -> dict[str, dict[str, int]]:
     """Rows per table in every service's database: proof that a refused call wrote nothing."""
-    import asyncio
-
     result = {}
     for service in SERVICES:
-        url = system.database_urls.get(
-            service, f"sqlite+aiosqlite:///{system.run_dir / 'data' / service}.db"
+        url = system.database_urls.get(service)
+        result[service] = (
+            asyncio.run(_postgres_counts(url))
+            if url
+            else _sqlite_counts(system.run_dir / "data" / f"{service}.db")
         )
-        result[service] = asyncio.run(_table_counts(url))
     return result
