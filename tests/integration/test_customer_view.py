@@ -37,9 +37,9 @@ from services.kit.bus import stream_config
 from services.kit.db import Database
 from services.kit.events import MSG_ID, STREAM, envelope_for
 from services.kit.sql import Statement
-from tests.integration.test_customer_repository import T0, expected_history, saga
 from tests.support.nats_server import NatsServer
 from tests.support.processes import REPO, ServiceProcess
+from tests.support.saga_events import T0, expected_history, saga
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
