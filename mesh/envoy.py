@@ -1,8 +1,9 @@
 """Render the mesh policy and the local topology as an Envoy v3 bootstrap.
 
-The numbers are rendered as Istio renders them (istio/istio pilot/pkg/networking/core:
-cluster_traffic_policy.go, route/route.go, route/retry/retry.go; /work/shared/mesh-mapping.md),
-so the local Envoy behaves like the sidecars and the ingress gateway with the same values.
+The numbers are rendered as Istio 1.30 renders them (the field-by-field mapping, with Istio's
+defaults and subtleties, is the table in docs/mesh.md), so the local Envoy behaves like the
+sidecars and the ingress gateway with the same values. A DestinationRule subset becomes a
+cluster of its own, as in Istio, so a route to it meets that subset's circuit breaker only.
 Two deliberate differences, both explained in docs/mesh.md:
 
 - faults sit on the server-side (inbound) listener in front of each instance, not on the
@@ -39,6 +40,7 @@ __all__ = [
     "MAX_UINT32",
     "RenderError",
     "RenderOptions",
+    "Via",
     "cluster_name",
     "descriptor_services",
     "inbound_cluster_name",
@@ -109,11 +111,16 @@ class RenderOptions:
     node_id: str = "phoneseller-local-mesh"
 
 
-def cluster_name(service: str, via: Literal["outbound", "gateway"] = "outbound") -> str:
+Via = Literal["outbound", "gateway"]
+
+
+def cluster_name(service: str, via: Via = "outbound", subset: str | None = None) -> str:
     """Envoy cluster of calls to `service`: "outbound|<service>" from the client-side sidecars,
     "gateway|<service>" from the ingress gateway (separate circuit breakers, as separate proxies
-    have in a cluster)."""
-    return f"{via}|{service}"
+    have in a cluster). A subset's is "<via>|<service>|<subset>", as Istio's
+    "outbound|<port>|<subset>|<host>" next to the host's "outbound|<port>||<host>": a cluster,
+    and so a circuit breaker, of its own."""
+    return f"{via}|{service}" if subset is None else f"{via}|{service}|{subset}"
 
 
 def inbound_cluster_name(instance: Instance) -> str:
@@ -129,12 +136,13 @@ def _addr(a: Address) -> Json:
 
 
 def _percent(value: float) -> Json:
-    # istio translatePercentToFractionalPercent: numerator = uint32(value * 10000) per MILLION.
+    # As Istio renders percentage.value: numerator = uint32(value * 10000) per MILLION.
     return {"numerator": int(value * 10000), "denominator": "MILLION"}
 
 
 def fault_config(fault: Fault) -> Json:
-    """istio route.TranslateFault: an HTTPFault for a route's typed_per_filter_config."""
+    """A destination's fault as Istio renders it: an HTTPFault for a route's
+    typed_per_filter_config (docs/mesh.md)."""
     out: Json = {_T: _FAULT}
     if fault.delay is not None:
         d = fault.delay
@@ -158,7 +166,8 @@ def fault_config(fault: Fault) -> Json:
 
 
 def retry_policy(retries: Retries | None) -> Json | None:
-    """istio retry.ConvertPolicy (no consistent hash)."""
+    """A route's retries as Istio renders them (docs/mesh.md), for a destination without
+    consistent-hash load balancing; None = no retry policy (attempts 0)."""
     prev_hosts = [
         {"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {_T: _PREV_HOSTS}}
     ]
@@ -201,43 +210,54 @@ def retry_policy(retries: Retries | None) -> Json | None:
     return out
 
 
-def _route_action(cluster: str, route: Route) -> Json:
-    # istio setTimeout: timeout (default 0 = off) and the deprecated max_grpc_timeout = timeout,
+def _route_action(service: str, via: Via, route: Route) -> Json:
+    # As Istio: timeout (default 0 = off) and the deprecated max_grpc_timeout = timeout,
     # so a caller's grpc-timeout header can shorten but never lengthen the route timeout.
     timeout = route.timeout.envoy() if route.timeout is not None else "0s"
-    action: Json = {"cluster": cluster, "timeout": timeout, "max_grpc_timeout": timeout}
+    action: Json = {
+        "cluster": cluster_name(service, via, route.subset),
+        "timeout": timeout,
+        "max_grpc_timeout": timeout,
+    }
     rp = retry_policy(route.retries)
     if rp is not None:
         action["retry_policy"] = rp
     return action
 
 
+def _served_routes(dest: Destination, service_full_name: str, via: Via) -> list[tuple[Route, Json]]:
+    """The routes of `dest` a listener serves, each with its match, in order.
+
+    The gateway refuses the internal methods before any service route, so their routes would
+    never match there; they are left out (and so are the clusters only they would use).
+    """
+    refused = INTERNAL_METHODS if via == "gateway" else ()
+    default_prefix = f"/{service_full_name}/" if via == "gateway" else "/"
+    out: list[tuple[Route, Json]] = []
+    for r in dest.routes:
+        if r.is_default:
+            out.append((r, {"prefix": default_prefix}))
+            continue
+        for m in r.methods:
+            path = f"/{service_full_name}/{m}"
+            if path not in refused:
+                out.append((r, {"path": path, "case_sensitive": True}))
+    return out
+
+
 def _policy_routes(
-    dest: Destination,
-    service_full_name: str,
-    cluster: str,
-    *,
-    default_prefix: str,
-    fault: Fault | None,
+    dest: Destination, service_full_name: str, via: Via, *, fault: Fault | None
 ) -> list[Json]:
     out: list[Json] = []
-    for r in dest.routes:
-        matches: list[Json]
-        if r.is_default:
-            matches = [{"prefix": default_prefix}]
-        else:
-            matches = [
-                {"path": f"/{service_full_name}/{m}", "case_sensitive": True} for m in r.methods
-            ]
-        for match in matches:
-            entry: Json = {
-                "name": f"{dest.name}.{r.name}",
-                "match": match,
-                "route": _route_action(cluster, r),
-            }
-            if fault is not None:
-                entry["typed_per_filter_config"] = {FAULT_FILTER: fault_config(fault)}
-            out.append(entry)
+    for r, match in _served_routes(dest, service_full_name, via):
+        entry: Json = {
+            "name": f"{dest.name}.{r.name}",
+            "match": match,
+            "route": _route_action(dest.name, via, r),
+        }
+        if fault is not None:
+            entry["typed_per_filter_config"] = {FAULT_FILTER: fault_config(fault)}
+        out.append(entry)
     return out
 
 
@@ -246,7 +266,8 @@ def _policy_routes(
 
 
 def _circuit_breakers(tp: TrafficPolicy) -> Json:
-    # istio getDefaultCircuitBreakerThresholds, then what the DR sets (only values > 0).
+    # As Istio: every threshold starts at the maximum, then what the DestinationRule sets
+    # (values > 0 only) replaces it.
     t: Json = {
         "max_connections": MAX_UINT32,
         "max_pending_requests": MAX_UINT32,
@@ -290,7 +311,7 @@ def _http_protocol_options(tp: TrafficPolicy | None) -> Json:
 
 
 def _outlier_detection(od: OutlierDetection, *, active_health_check: bool) -> Json:
-    # istio applyOutlierDetection: only what the DR sets, success-rate ejection off.
+    # As Istio: only what the DestinationRule sets, success-rate ejection off.
     out: Json = {"enforcing_success_rate": 0}
     if od.consecutive_5xx_errors is not None:
         out["consecutive_5xx"] = od.consecutive_5xx_errors
@@ -330,9 +351,10 @@ def _lb_policy(tp: TrafficPolicy) -> str:
 
 
 def _outbound_cluster(
-    name: str, dest: Destination, instances: Sequence[Instance], topo: Topology
+    name: str, tp: TrafficPolicy, instances: Sequence[Instance], topo: Topology
 ) -> Json:
-    tp = dest.traffic_policy
+    """A client-side cluster of a destination (the host, or one of its subsets), with `tp`:
+    the destination's traffic policy, or a subset's merged into it."""
     hc = topo.health_check
     connect = ISTIO_DEFAULT_CONNECT_TIMEOUT
     pool = tp.connection_pool
@@ -533,7 +555,7 @@ def _gateway_listener(
                 }
             )
         default_route = next((r for r in default_dest.routes if r.is_default), Route("default"))
-        health = _route_action(gw_cluster, default_route)
+        health = _route_action(default_service, "gateway", default_route)
         entry: Json = {
             "name": "health.check",
             "match": {"path": HEALTH_CHECK_PATH},
@@ -551,11 +573,7 @@ def _gateway_listener(
         public.append(full)
         dest = policy[name]
         routes += _policy_routes(
-            dest,
-            full,
-            cluster_name(name, "gateway"),
-            default_prefix=f"/{full}/",
-            fault=_fault_for(dest, opts.fault_placement, "outbound"),
+            dest, full, "gateway", fault=_fault_for(dest, opts.fault_placement, "outbound")
         )
     filters: list[Json] = []
     if descriptor_set_path is not None:
@@ -575,9 +593,7 @@ def _sidecar_listener(
     name: str, address: Address, dest: Destination, full: str, opts: RenderOptions
 ) -> Json:
     fault = _fault_for(dest, opts.fault_placement, "outbound")
-    routes = _policy_routes(
-        dest, full, cluster_name(name, "outbound"), default_prefix="/", fault=fault
-    )
+    routes = _policy_routes(dest, full, "outbound", fault=fault)
     filters = [_fault_filter()] if opts.fault_placement == "outbound" else []
     return _hcm_listener(f"outbound|{name}", address, f"outbound_{name}", routes, filters, opts)
 
@@ -587,7 +603,7 @@ def _inbound_listener(inst: Instance, dest: Destination | None, opts: RenderOpti
     route: Json = {
         "name": "default",
         "match": {"prefix": "/"},
-        # Istio BuildDefaultHTTPInboundRoute: no timeout on the inbound side.
+        # As Istio's default inbound route: no timeout on the server side.
         "route": {
             "cluster": inbound_cluster_name(inst),
             "timeout": "0s",
@@ -645,13 +661,28 @@ def render_envoy_config(
         listeners.append(_sidecar_listener(name, topology.sidecars[name], policy[name], full, opts))
     clusters: list[Json] = []
     for name in sorted(policy.destinations):
+        dest = policy[name]
         insts = topology.instances.get(name, ())
-        for via in ("gateway", "outbound"):
-            if via == "outbound" and name not in topology.sidecars:
-                continue
+        vias: tuple[Via, ...] = (
+            ("gateway", "outbound") if name in topology.sidecars else ("gateway",)
+        )
+        for via in vias:
+            # The host's cluster always (reflection and health checks use it too), then one
+            # per subset that a route served on this side sends to, in the values' order.
             clusters.append(
-                _outbound_cluster(cluster_name(name, via), policy[name], insts, topology)
+                _outbound_cluster(cluster_name(name, via), dest.traffic_policy, insts, topology)
             )
+            routed = {r.subset for r, _ in _served_routes(dest, topology.grpc_services[name], via)}
+            for subset in dest.subsets:
+                if subset in routed:
+                    clusters.append(
+                        _outbound_cluster(
+                            cluster_name(name, via, subset),
+                            dest.traffic_policy_for(subset),
+                            insts,
+                            topology,
+                        )
+                    )
     for inst in topology.all_instances():
         listeners.append(_inbound_listener(inst, policy.destinations.get(inst.service), opts))
         clusters.append(_inbound_cluster(inst))

@@ -7,15 +7,20 @@ read like the VirtualService and DestinationRule the chart renders from them:
       destinations:
         <service>:
           routes:
-            - {name, methods?, timeout?, retries?: {attempts, perTryTimeout?, retryOn?, backoff?}}
+            - {name, methods?, subset?, timeout?, retries?: {attempts, perTryTimeout?, retryOn?,
+               backoff?}}
           trafficPolicy: {connectionPool?: {tcp?, http?}, outlierDetection?, loadBalancer?}
+          subsets?:
+            <subset>: {trafficPolicy?: {...}}
           fault:
             delay?: {fixedDelay, percentage?: {value}}
             abort?: {httpStatus | grpcStatus, percentage?: {value}}
 
 Validation is strict (unknown keys, wrong types and values Istio's webhook would reject raise
 `PolicyError` naming the offending path) so that a typo never silently turns a protection off.
-Unset and zero are kept apart (`None` = unset) because Istio renders them differently.
+For the same reason a route must name a subset that exists, and every subset must be named by a
+route (a subset's policy applies only to traffic a route sends to it). Unset and zero are kept
+apart (`None` = unset) because Istio renders them differently.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -46,6 +51,7 @@ __all__ = [
     "PolicyError",
     "Retries",
     "Route",
+    "Subset",
     "TcpPool",
     "TrafficPolicy",
     "fault_cli_arg",
@@ -167,7 +173,7 @@ RETRY_ON_TOKENS: Final[frozenset[str]] = frozenset(
     }
 )
 
-# istio.io/istio/pkg/util/grpc SupportedGRPCStatus.
+# The gRPC status names Istio accepts in fault.abort.grpcStatus, and their codes.
 GRPC_STATUS_CODES: Final[dict[str, int]] = {
     "OK": 0,
     "CANCELLED": 1,
@@ -190,6 +196,8 @@ GRPC_STATUS_CODES: Final[dict[str, int]] = {
 
 _METHOD_NAME = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 _ROUTE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+# Istio's webhook requires subset names to be DNS-1123 labels.
+_SUBSET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 
 
@@ -213,6 +221,9 @@ class Route:
     timeout: Duration | None = None
     # None = `retries` not set: Istio applies its default policy (2 attempts).
     retries: Retries | None = None
+    # The destination's subset the route sends to (`destination.subset`); None = the host, with
+    # the destination's top-level traffic policy.
+    subset: str | None = None
 
     @property
     def is_default(self) -> bool:
@@ -262,6 +273,36 @@ class TrafficPolicy:
     outlier_detection: OutlierDetection | None = None
     load_balancer: str | None = None  # loadBalancer.simple; None = Istio default LEAST_REQUEST
 
+    def overridden_by(self, subset: TrafficPolicy) -> TrafficPolicy:
+        """The policy of a subset's cluster, merged as Istio merges it: every field the subset
+        sets replaces the destination's field whole (a subset's `connectionPool` with only
+        `http` drops the destination's `tcp`), every field it leaves unset is inherited."""
+        return TrafficPolicy(
+            connection_pool=(
+                subset.connection_pool
+                if subset.connection_pool is not None
+                else self.connection_pool
+            ),
+            outlier_detection=(
+                subset.outlier_detection
+                if subset.outlier_detection is not None
+                else self.outlier_detection
+            ),
+            load_balancer=(
+                subset.load_balancer if subset.load_balancer is not None else self.load_balancer
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class Subset:
+    """A DestinationRule subset: its own Envoy cluster, so its own circuit breaker and outlier
+    detection, for the routes that name it. It selects every pod of the service (the chart gives
+    it the service's selector labels): here a subset splits policy, not pods."""
+
+    name: str
+    traffic_policy: TrafficPolicy = field(default_factory=TrafficPolicy)
+
 
 @dataclass(frozen=True)
 class FaultDelay:
@@ -299,6 +340,7 @@ class Destination:
     routes: tuple[Route, ...]
     traffic_policy: TrafficPolicy = field(default_factory=TrafficPolicy)
     fault: Fault | None = None
+    subsets: Mapping[str, Subset] = field(default_factory=dict)
 
     def route_for(self, method: str) -> Route | None:
         """The route a call of `method` takes (first match wins, as in Istio)."""
@@ -306,6 +348,17 @@ class Destination:
             if route.is_default or method in route.methods:
                 return route
         return None
+
+    def traffic_policy_for(self, subset: str | None) -> TrafficPolicy:
+        """The traffic policy of the cluster a route to `subset` (None = the host) uses."""
+        if subset is None:
+            return self.traffic_policy
+        return self.traffic_policy.overridden_by(self.subsets[subset].traffic_policy)
+
+    def policy_for(self, method: str) -> TrafficPolicy:
+        """The traffic policy (connection pool, outlier detection) a call of `method` meets."""
+        route = self.route_for(method)
+        return self.traffic_policy_for(None if route is None else route.subset)
 
 
 @dataclass(frozen=True)
@@ -387,7 +440,7 @@ class _Node:
             d = parse_duration(v)  # type: ignore[arg-type]
         except ValueError as e:
             raise PolicyError(f"{self.path}.{key}: {e}") from None
-        # Istio's webhook (ValidateDuration): at least 1ms, whole milliseconds.
+        # As Istio's webhook: at least 1ms, whole milliseconds.
         if d.nanos == 0 and allow_zero:
             return d
         if d.nanos < 1_000_000:
@@ -456,12 +509,16 @@ def _parse_route(value: object, path: str) -> Route:
         methods = tuple(raw_methods)
         if len(set(methods)) != len(methods):
             raise PolicyError(f"{path}.methods: a method is listed twice")
+    subset = node.str_("subset")
+    if subset is not None and not _SUBSET_NAME.fullmatch(subset):
+        raise PolicyError(f"{path}.subset: {subset!r} is not a subset name (a DNS-1123 label)")
     retries_node = node.child("retries")
     route = Route(
         name=name,
         methods=methods,
         timeout=node.duration("timeout", allow_zero=True),
         retries=None if retries_node is None else _parse_retries(retries_node),
+        subset=subset,
     )
     node.done()
     return route
@@ -526,6 +583,50 @@ def _parse_traffic_policy(node: _Node) -> TrafficPolicy:
     return TrafficPolicy(connection_pool=pool, outlier_detection=outlier, load_balancer=lb)
 
 
+def _parse_subsets(node: _Node) -> dict[str, Subset]:
+    subsets: dict[str, Subset] = {}
+    for name, value in node.value.items():
+        if not isinstance(name, str) or not _SUBSET_NAME.fullmatch(name):
+            raise PolicyError(f"{node.path}: {name!r} is not a subset name (a DNS-1123 label)")
+        sub = _Node(value, f"{node.path}.{name}")
+        if "labels" in sub.value:
+            # The local mesh has no pod labels to select by, and the chart fills in the
+            # service's selector labels; a subset that picked some pods would render
+            # differently here and in the cluster.
+            raise PolicyError(
+                f"{sub.path}.labels: not supported; a subset selects every pod of the service "
+                "and exists for its own trafficPolicy"
+            )
+        tp = sub.child("trafficPolicy")
+        subsets[name] = Subset(
+            name=name, traffic_policy=TrafficPolicy() if tp is None else _parse_traffic_policy(tp)
+        )
+        sub.done()
+    return subsets
+
+
+def _check_subsets_routed(
+    routes: Sequence[Route], subsets: Mapping[str, Subset], path: str
+) -> None:
+    """Every route names a subset that exists (Istio answers a route to a missing subset with
+    503 "no cluster"), and every subset is named by a route (a subset's policy applies only to
+    traffic a route sends to it, so an unnamed one is a forgotten `subset:`)."""
+    for i, r in enumerate(routes):
+        if r.subset is not None and r.subset not in subsets:
+            known = ", ".join(sorted(subsets)) or "none"
+            raise PolicyError(
+                f"{path}.routes[{i}].subset: no subset {r.subset!r} in {path}.subsets "
+                f"(defined: {known})"
+            )
+    routed = {r.subset for r in routes}
+    for name in subsets:
+        if name not in routed:
+            raise PolicyError(
+                f"{path}.subsets.{name}: no route sends to it, so its trafficPolicy would apply "
+                "to nothing (set `subset` on the route it is meant for)"
+            )
+
+
 def _parse_fault_node(node: _Node) -> Fault | None:
     delay: FaultDelay | None = None
     abort: FaultAbort | None = None
@@ -588,12 +689,16 @@ def _parse_destination(name: str, value: object, path: str) -> Destination:
                 raise PolicyError(f"{path}.routes[{i}].methods: {m} is already routed above")
             methods.add(m)
     tp = node.child("trafficPolicy")
+    subsets_node = node.child("subsets")
+    subsets = {} if subsets_node is None else _parse_subsets(subsets_node)
+    _check_subsets_routed(routes, subsets, path)
     fault_node = node.child("fault")
     dest = Destination(
         name=name,
         routes=routes,
         traffic_policy=TrafficPolicy() if tp is None else _parse_traffic_policy(tp),
         fault=None if fault_node is None else _parse_fault_node(fault_node),
+        subsets=subsets,
     )
     node.done()
     return dest

@@ -3,9 +3,11 @@
 Two stories of the seed, driven through the gateway as a client meets them:
 
 - the points system is overloaded (a 1 s delay injected on promotion): cancels fail fast with
-  UNAVAILABLE + RetryInfo (the circuit breaker of `outbound|promotion` trips, or the clawback's
-  route timeout ends them), nothing is half-done (no payment cancelled without its clawback),
-  and once promotion is fast again the same cancels, retried as RetryInfo asks, all succeed;
+  UNAVAILABLE + RetryInfo (the clawback's circuit breaker, its subset's cluster
+  `outbound|promotion|clawback`, trips, or the clawback's route timeout ends them), nothing is
+  half-done (no payment cancelled without its clawback), customers' point-balance reads all
+  succeed meanwhile (the breaker guards the clawback only), and once promotion is fast again
+  the same cancels, retried as RetryInfo asks, all succeed;
 - one promotion replica loses its database (its PostgreSQL link is cut by a TCP proxy) but
   keeps reporting SERVING: Envoy retries its UNAVAILABLE answers on the other replica (and
   ejects it), so every clawback succeeds.
@@ -33,6 +35,7 @@ from phoneseller.promotion.v1 import promotion_service_pb2 as promotion_pb
 from phoneseller.promotion.v1 import promotion_service_pb2_grpc as promotion_grpc
 from sqlalchemy.engine import make_url
 
+from mesh.envoy import cluster_name
 from mesh.policy import MeshPolicy, load_policy
 from stack.supervisor import VALUES, LocalStack
 from tests.e2e.saga import error_details, honouring_retry_info
@@ -44,7 +47,27 @@ from tests.support.waiting import wait_until
 pytestmark = pytest.mark.slow
 
 POLICY: MeshPolicy = load_policy(VALUES)
-OUTBOUND_PROMOTION = "outbound|promotion"
+
+
+def clawback_cluster() -> str:
+    """Payment's sidecar cluster the clawback goes to: its subset's, with the seed's breaker."""
+    route = POLICY["promotion"].route_for("ClawBackPoints")
+    assert route is not None
+    return cluster_name("promotion", "outbound", route.subset)
+
+
+CLAWBACK_CLUSTER = clawback_cluster()
+#: The gateway's cluster customers' GetPointBalance goes to (the host's ample pool).
+READS_CLUSTER = cluster_name("promotion", "gateway")
+#: Concurrent point-balance reads while promotion is slow (the issue measured 36 of 40 refused
+#: when they shared the clawback's breaker).
+READS = 40
+#: Envoy's counters of a request refused by a circuit breaker.
+REFUSED_STATS = (
+    "upstream_rq_pending_overflow",
+    "upstream_rq_active_overflow",
+    "upstream_cx_overflow",
+)
 #: The fault that makes the points system slow: longer than the clawback may take.
 DELAY = {"delay": {"fixedDelay": "1s", "percentage": {"value": 100}}}
 DELAY_SECONDS = 1.0
@@ -55,7 +78,7 @@ ORDERS = 12
 #: (LEAST_REQUEST, two choices, all idle), in runs of one replica now and then: enough cancels
 #: that replica 1 surely gets some, and more than the 3 failures that eject it.
 CANCELS_AROUND_A_CUT = 20
-#: The counters of `outbound|promotion` worth printing (what the breaker and retries did).
+#: The counters of the clawback's cluster worth printing (what the breaker and retries did).
 TELLING_STATS = (
     "upstream_rq_pending_overflow",
     "upstream_rq_active_overflow",
@@ -74,7 +97,7 @@ def clawback_numbers() -> tuple[float, float, int]:
     route = POLICY["promotion"].route_for("ClawBackPoints")
     assert route is not None and route.timeout is not None
     assert route.retries is not None and route.retries.per_try_timeout is not None
-    pool = POLICY["promotion"].traffic_policy.connection_pool
+    pool = POLICY["promotion"].policy_for("ClawBackPoints").connection_pool
     assert pool is not None and pool.http is not None
     admitted = (pool.http.http2_max_requests or 0) + (pool.http.http1_max_pending_requests or 0)
     assert 0 < admitted < ORDERS, "the test needs more concurrent cancels than the pool admits"
@@ -189,6 +212,15 @@ def clawback_ledger(
 
 def wait_healthy(stack: LocalStack, why: str) -> None:
     assert stack.wait_ready(60), f"the stack is not healthy again after {why}: {stack.health()}"
+    # The stack's readiness counts the gateway's clusters; the clawback's cluster runs its own
+    # health checks, and a cancel before they pass would fail for no healthy host instead.
+    envoy = admin(stack)
+    wait_until(
+        lambda: len(envoy.healthy_hosts(CLAWBACK_CLUSTER)) == stack.replicas,
+        timeout=30,
+        interval=0.1,
+        message=f"every promotion replica healthy in {CLAWBACK_CLUSTER} after {why}",
+    )
 
 
 # --- (1) circuit breaker ----------------------------------------------------------------------
@@ -236,7 +268,7 @@ def test_an_overloaded_points_system_fails_cancels_fast_and_half_does_nothing(
         stack.set_fault("promotion", DELAY)
         wait_healthy(stack, "Envoy restarted with the delay")
         envoy = admin(stack)
-        before = envoy.cluster_stats(OUTBOUND_PROMOTION)
+        before = envoy.cluster_stats(CLAWBACK_CLUSTER)
 
         start = threading.Barrier(len(orders))
         with ThreadPoolExecutor(len(orders)) as pool:
@@ -261,7 +293,7 @@ def test_an_overloaded_points_system_fails_cancels_fast_and_half_does_nothing(
         for outcome in slow:
             assert outcome.seconds >= per_try_timeout - 0.02, outcome
 
-        stats = envoy.cluster_stats(OUTBOUND_PROMOTION)
+        stats = envoy.cluster_stats(CLAWBACK_CLUSTER)
         overflow = sum(
             stats.get(k, 0) - before.get(k, 0)
             for k in ("upstream_rq_pending_overflow", "upstream_rq_active_overflow")
@@ -270,8 +302,10 @@ def test_an_overloaded_points_system_fails_cancels_fast_and_half_does_nothing(
             "outlier_detection.ejections_enforced_total", 0
         )
         shown = {k: v for k, v in stats.items() if k.startswith(TELLING_STATS) and v}
-        print(f"{OUTBOUND_PROMOTION}: overflow {overflow}, ejections {ejected}, {shown}")
+        print(f"{CLAWBACK_CLUSTER}: overflow {overflow}, ejections {ejected}, {shown}")
         assert overflow > 0 or ejected > 0, stats
+
+        reads_while_slow(stack, gateway, customer, points)
 
         # Nothing half-done: every payment still PAID, every point still there.
         ledger = clawback_ledger(gateway, gateway.promotion, customer, orders)
@@ -295,6 +329,42 @@ def test_an_overloaded_points_system_fails_cancels_fast_and_half_does_nothing(
     finally:
         gateway.close()
         stack.set_fault("promotion", None)
+
+
+def reads_while_slow(stack: LocalStack, gateway: Gateway, customer: str, points: int) -> None:
+    """With promotion still slow, READS concurrent GetPointBalance through the gateway: more are
+    in flight at once than the clawback's breaker admits, and every one succeeds (they go to
+    the host's cluster with its ample pool, not to the clawback's subset)."""
+    _, _, admitted = clawback_numbers()
+    envoy = admin(stack)
+    before = envoy.cluster_stats(READS_CLUSTER)
+    request = promotion_pb.GetPointBalanceRequest(customer_id=customer)
+    calls = [gateway.promotion.GetPointBalance.future(request, timeout=10) for _ in range(READS)]
+    # Held by the delay together: the breaker they once shared refused all but `admitted`.
+    try:
+        wait_until(
+            lambda: envoy.counter(f"cluster.{READS_CLUSTER}.upstream_rq_active") > admitted,
+            timeout=DELAY_SECONDS * 10,
+            interval=0.02,
+            message="reads in flight",
+        )
+        crowded = True
+    except AssertionError:
+        crowded = False
+    outcomes: list[promotion_pb.PointBalance | grpc.RpcError] = []
+    for call in calls:
+        try:
+            outcomes.append(call.result())
+        except grpc.RpcError as exc:
+            outcomes.append(exc)
+    failed = [o for o in outcomes if isinstance(o, grpc.RpcError)]
+    assert not failed, [(f.code(), f.details()) for f in failed]
+    assert crowded, f"never more than {admitted} reads in flight at once in {READS_CLUSTER}"
+    assert all(o.balance == points for o in outcomes if not isinstance(o, grpc.RpcError))
+    stats = envoy.cluster_stats(READS_CLUSTER)
+    refused = {k: stats.get(k, 0) - before.get(k, 0) for k in REFUSED_STATS}
+    print(f"{READS} reads under a {DELAY_SECONDS}s delay: {READS_CLUSTER} refused {refused}")
+    assert refused == dict.fromkeys(REFUSED_STATS, 0), stats
 
 
 # --- (2) retries ------------------------------------------------------------------------------
@@ -351,24 +421,24 @@ def retried_around_a_cut_database(stack: LocalStack, proxy: TcpProxy) -> None:
         health = stack.health()
         assert health["promotion-1"], f"replica 1 keeps reporting SERVING: {health}"
         envoy = admin(stack)
-        assert envoy.healthy_hosts(OUTBOUND_PROMOTION) == ["promotion-0", "promotion-1"], (
+        assert envoy.healthy_hosts(CLAWBACK_CLUSTER) == ["promotion-0", "promotion-1"], (
             "Envoy's health check should count replica 1 healthy: it reports SERVING"
         )
-        before = envoy.cluster_stats(OUTBOUND_PROMOTION)
+        before = envoy.cluster_stats(CLAWBACK_CLUSTER)
 
         for order in orders:
             cancelled = gateway.cancel(order.order_id)  # no client retry: the mesh retries
             assert cancelled.status == order_pb.ORDER_STATUS_CANCELLED, cancelled
 
-        stats = envoy.cluster_stats(OUTBOUND_PROMOTION)
+        stats = envoy.cluster_stats(CLAWBACK_CLUSTER)
         retries = stats.get("upstream_rq_retry", 0) - before.get("upstream_rq_retry", 0)
         ejections = stats.get("outlier_detection.ejections_enforced_total", 0) - before.get(
             "outlier_detection.ejections_enforced_total", 0
         )
-        hosts = {h.hostname: (h.flags, dict(h.stats)) for h in envoy.hosts(OUTBOUND_PROMOTION)}
+        hosts = {h.hostname: (h.flags, dict(h.stats)) for h in envoy.hosts(CLAWBACK_CLUSTER)}
         shown = {k: v for k, v in stats.items() if k.startswith(TELLING_STATS) and v}
         print(
-            f"{OUTBOUND_PROMOTION}: {retries} retries, {ejections} ejections, {shown}; "
+            f"{CLAWBACK_CLUSTER}: {retries} retries, {ejections} ejections, {shown}; "
             + ", ".join(
                 f"{name} {flags or 'healthy'} errors {st.get('rq_error')}/{st.get('rq_total')}"
                 for name, (flags, st) in sorted(hosts.items())

@@ -20,7 +20,7 @@ from tests.helm.chartkit import Obj, Rendered
 
 RenderValues = Callable[[dict[str, Any]], Rendered]
 
-# The design's API split (DESIGN.md §3, issue 5): what the gateway may reach, and who calls whom.
+# The API split (docs/mesh.md, Gateway): what the gateway may reach, and who calls whom.
 PUBLIC_RPCS = {
     "/phoneseller.order.v1.OrderService/PlaceOrder",
     "/phoneseller.order.v1.OrderService/GetOrder",
@@ -106,9 +106,63 @@ def test_destination_rules_carry_the_mesh_numbers(meshed: Rendered) -> None:
     rules = {d["spec"]["host"]: d for d in meshed.of_kind("DestinationRule")}
     assert len(rules) == len(destinations)
     for service, policy in destinations.items():
-        traffic_policy = dict(rules[host_of(meshed, service)]["spec"]["trafficPolicy"])
+        spec = rules[host_of(meshed, service)]["spec"]
+        traffic_policy = dict(spec["trafficPolicy"])
         assert traffic_policy.pop("tls") == {"mode": "ISTIO_MUTUAL"}
         assert traffic_policy == policy.get("trafficPolicy", {}), service
+        # Subsets keep their trafficPolicy as given: Istio merges it over the top-level one
+        # (tls included, so the subset's traffic is mTLS too).
+        subsets = {s["name"]: s for s in spec.get("subsets", [])}
+        assert sorted(subsets) == sorted(policy.get("subsets") or {}), service
+        for name, subset in subsets.items():
+            assert subset.get("trafficPolicy", {}) == (
+                policy["subsets"][name].get("trafficPolicy") or {}
+            )
+            assert "tls" not in subset.get("trafficPolicy", {}), "inherited from the top level"
+
+
+def test_every_subset_selects_all_the_pods_of_its_service(meshed: Rendered) -> None:
+    """A subset here exists for its own policy (the clawback's breaker), not to pick pods: its
+    labels select exactly the pods the service's Service selects."""
+    deployments = meshed.of_kind("Deployment")
+    subsets = [
+        (rule, subset)
+        for rule in meshed.of_kind("DestinationRule")
+        for subset in rule["spec"].get("subsets", [])
+    ]
+    assert subsets, "the chart's values define the clawback's subset"
+    for rule, subset in subsets:
+        service = next(
+            s
+            for s in meshed.of_kind("Service")
+            if rule["spec"]["host"].startswith(f"{s['metadata']['name']}.")
+        )
+        assert subset["labels"] == service["spec"]["selector"]
+        chosen = [
+            d["metadata"]["name"] for d in deployments if selects(subset["labels"], pod_labels(d))
+        ]
+        assert chosen == [service["metadata"]["name"]], subset
+
+
+def test_the_clawback_alone_goes_to_the_breakers_subset(meshed: Rendered) -> None:
+    """Payment's clawback call meets the seed's tight pool (the subset); every other route to
+    promotion, customers' GetPointBalance at the ingress among them, meets the host's."""
+    host = host_of(meshed, "promotion")
+    rule = next(d for d in meshed.of_kind("DestinationRule") if d["spec"]["host"] == host)
+    (clawback,) = rule["spec"]["subsets"]
+    tight = clawback["trafficPolicy"]["connectionPool"]["http"]
+    ample = rule["spec"]["trafficPolicy"]["connectionPool"]["http"]
+    assert (tight["http2MaxRequests"], tight["http1MaxPendingRequests"]) == (4, 2)
+    assert min(ample["http2MaxRequests"], ample["http1MaxPendingRequests"]) > 40
+    to_promotion = [
+        (route["name"], route["route"][0]["destination"])
+        for virtual_service in meshed.of_kind("VirtualService")
+        for route in virtual_service["spec"]["http"]
+        if route["route"][0]["destination"]["host"] == host
+    ]
+    assert {name for name, d in to_promotion if "subset" in d} == {"claw-back-points"}
+    assert {d.get("subset") for _, d in to_promotion} == {clawback["name"], None}
+    assert "promotion-get-point-balance" in {name for name, d in to_promotion if "subset" not in d}
 
 
 def expected_route(
@@ -118,8 +172,10 @@ def expected_route(
     expected: dict[str, Any] = {"name": route["name"]}
     if match:
         expected["match"] = [{"uri": {"exact": path}} for path in match]
-    host = host_of(rendered, service)
-    expected["route"] = [{"destination": {"host": host, "port": {"number": 50051}}}]
+    destination: dict[str, Any] = {"host": host_of(rendered, service), "port": {"number": 50051}}
+    if "subset" in route:
+        destination["subset"] = route["subset"]
+    expected["route"] = [{"destination": destination}]
     for field in ("timeout", "retries"):  # without them, Istio's defaults apply
         if field in route:
             expected[field] = route[field]
@@ -198,14 +254,15 @@ def test_ingress_routes_carry_the_policy_of_their_destination(meshed: Rendered) 
         (service,) = [
             s for s, v in meshed.values["services"].items() if v["grpcService"] == grpc_service
         ]
-        assert route["route"] == [
-            {"destination": {"host": host_of(meshed, service), "port": {"number": 50051}}}
-        ]
         policy = meshed.values["mesh"]["destinations"][service]
         mesh_route = next(
             (r for r in policy["routes"] if method in r.get("methods", [])),
             next(r for r in policy["routes"] if not r.get("methods")),
         )
+        destination = {"host": host_of(meshed, service), "port": {"number": 50051}}
+        if "subset" in mesh_route:
+            destination["subset"] = mesh_route["subset"]
+        assert route["route"] == [{"destination": destination}]
         assert route.get("timeout") == mesh_route.get("timeout")
         assert route.get("retries") == mesh_route.get("retries")
         assert route.get("fault", {}) == policy.get("fault", {})

@@ -237,6 +237,10 @@ def test_the_config_map_says_what_the_values_say(rendered: Rendered) -> None:
     assert data["PHONESELLER_DATA_DIR"] == values["persistence"]["mountPath"]
     assert data["PHONESELLER_NATS_URL"] == values["nats"]["url"]
     assert data["PHONESELLER_STREAM_REPLICAS"] == str(values["nats"]["streamReplicas"])
+    assert data["PHONESELLER_STREAM_MAX_AGE_SECONDS"] == str(values["nats"]["streamMaxAgeSeconds"])
+    assert data["PHONESELLER_INBOX_RETENTION_SECONDS"] == str(
+        values["nats"]["inboxRetentionSeconds"]
+    )
     assert data["PHONESELLER_PAYMENT_DECLINE_ABOVE"] == str(values["config"]["paymentDeclineAbove"])
     assert data["PHONESELLER_LOG_LEVEL"] == values["config"]["logLevel"]
     # The calls between services go to the in-cluster Services (through the sidecars).
@@ -308,7 +312,7 @@ def test_sqlite_services_keep_one_writer_on_their_volume(rendered: Rendered) -> 
         assert deployment["spec"]["replicas"] == 1, name
         assert deployment["spec"]["strategy"] == {"type": "Recreate"}, name
         assert name not in hpa_targets, name
-        assert url.startswith(f"sqlite+aiosqlite:///{data_dir}/"), "the file is on the volume"
+        assert url.startswith(f"sqlite:///{data_dir}/"), "the file is on the volume"
         (claim,) = [
             v["persistentVolumeClaim"]["claimName"]
             for v in pod_spec(deployment)["volumes"]

@@ -101,6 +101,18 @@ def test_a_misspelled_kubernetes_field_is_caught(default_render: Rendered) -> No
             ["spec", "trafficPolicy", "connectionPool", "tcp", "maxConnections"],
             "maxConnection",
         ),
+        (
+            "DestinationRule",
+            "phoneseller-promotion",
+            ["spec", "subsets", 0, "trafficPolicy", "connectionPool", "http", "http2MaxRequests"],
+            "http2MaxRequest",
+        ),
+        (
+            "VirtualService",
+            "phoneseller-promotion",
+            ["spec", "http", 0, "route", 0, "destination", "subset"],
+            "subSet",
+        ),
         ("AuthorizationPolicy", "phoneseller-payment", ["spec", "rules", 0, "from"], "form"),
         ("PeerAuthentication", "phoneseller-mtls", ["spec", "mtls"], "mTLS"),
         ("Gateway", "phoneseller-gateway", ["spec", "servers", 0, "hosts"], "host"),
@@ -163,6 +175,44 @@ def test_misspelled_or_wrong_values_are_rejected(
 ) -> None:
     with pytest.raises(helm_python.HelmValuesError, match=complaint):
         chartkit.render(chart, values)
+
+
+CLAWBACK_SUBSET = {"trafficPolicy": {"connectionPool": {"http": {"http2MaxRequests": 4}}}}
+
+
+@pytest.mark.parametrize(
+    ("subsets", "complaint"),
+    [
+        ({"clawback": {**CLAWBACK_SUBSET, "labels": {"version": "v1"}}}, "'labels' not allowed"),
+        ({"clawback": {"trafficPolicy": {"outlierDetecton": {}}}}, "'outlierDetecton' not allowed"),
+        ({"Claw_Back": CLAWBACK_SUBSET}, "invalid propertyName 'Claw_Back'"),
+    ],
+)
+def test_wrong_subsets_are_rejected(
+    chart: helm_python.Chart, subsets: dict[str, Any], complaint: str
+) -> None:
+    values = {"mesh": {"destinations": {"promotion": {"subsets": subsets}}}}
+    with pytest.raises(helm_python.HelmValuesError, match=complaint):
+        chartkit.render(chart, values)
+
+
+def test_a_route_to_a_missing_subset_and_an_unrouted_subset_are_rejected(
+    chart: helm_python.Chart,
+) -> None:
+    """What the schema cannot see: a route naming a subset that does not exist (Istio would
+    answer 503), and a subset no route names (its breaker would guard nothing)."""
+    routes: list[dict[str, Any]] = [
+        {"name": "claw", "methods": ["ClawBackPoints"], "subset": "clawbak"},
+        {"name": "default", "timeout": "5s"},
+    ]
+    with pytest.raises(helm_python.HelmRenderError, match='no subset "clawbak"'):
+        chartkit.render(chart, {"mesh": {"destinations": {"promotion": {"routes": routes}}}})
+    unrouted = [{"name": "default", "timeout": "5s"}]
+    with pytest.raises(helm_python.HelmRenderError, match="clawback: no route sends to it"):
+        chartkit.render(chart, {"mesh": {"destinations": {"promotion": {"routes": unrouted}}}})
+    bad_name = [{**routes[0], "subset": "Claw"}, routes[1]]
+    with pytest.raises(helm_python.HelmValuesError, match="/mesh/destinations/promotion/routes/0"):
+        chartkit.render(chart, {"mesh": {"destinations": {"promotion": {"routes": bad_name}}}})
 
 
 def test_a_misspelled_mesh_route_field_is_rejected(chart: helm_python.Chart) -> None:

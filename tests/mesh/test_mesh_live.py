@@ -22,7 +22,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from mesh.envoy import RenderOptions
+from mesh.envoy import RenderOptions, cluster_name
 from mesh.policy import MeshPolicy, parse_fault
 from mesh.testing import CallResult, FakeBackend, call_unary, local_topology, wait_until
 from mesh.topology import GRPC_SERVICES, INTERNAL_METHODS, PUBLIC_METHODS
@@ -37,6 +37,16 @@ HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 # Retry conditions under which Envoy retries an attempt that hit its per_try_timeout.
 PER_TRY_TIMEOUT_RETRIED_BY = {"5xx", "gateway-error", "reset"}
+
+# How a clawback that the policy ends comes back. Envoy's own timer (route or per-try timeout)
+# answers UNAVAILABLE "upstream request timeout". The per-try timeout also travels upstream as
+# grpc-timeout, so the destination's inbound sidecar may end the last attempt a moment first,
+# with DEADLINE_EXCEEDED "downstream duration timeout"; which one wins is a race of two timers
+# set to the same instant.
+ENDED_BY_THE_POLICY = {
+    (grpc.StatusCode.UNAVAILABLE, "upstream request timeout"),
+    (grpc.StatusCode.DEADLINE_EXCEEDED, "downstream duration timeout"),
+}
 
 # Scheduling slack for timing assertions on a busy 2-core machine.
 SLACK = 0.15
@@ -69,6 +79,14 @@ def _with_retry_on(policy: MeshPolicy, service: str, route_name: str, retry_on: 
     )
 
 
+def _clawback_cluster(policy: MeshPolicy) -> str:
+    """The sidecar's cluster the clawback's route sends to (its subset's, in the chart's values),
+    where its circuit breaker, retries and timeouts are counted."""
+    route = policy["promotion"].route_for("ClawBackPoints")
+    assert route is not None
+    return cluster_name("promotion", "outbound", route.subset)
+
+
 def _expected_clawback_failure(policy: MeshPolicy) -> float:
     """When a call to a promotion that never answers ends, by the policy: at the per-try
     timeout if a timed-out attempt is not retried, else at the route timeout."""
@@ -94,21 +112,21 @@ async def _burst(channel: Any, path: str, n: int) -> list[CallResult]:
 async def test_a_slow_promotion_fails_the_clawback_when_the_policy_says(
     policy: MeshPolicy, start_mesh: Any
 ) -> None:
-    """With the chart's values: perTryTimeout 200ms and a retryOn that does not retry a timed-out
-    attempt, so the clawback ends at the per-try timeout (UNAVAILABLE 'upstream request
-    timeout'), before the 610 ms route timeout. The promotion service never sees the call."""
+    """A promotion that never answers in time ends the clawback when the chart's values say:
+    at the per-try timeout (200 ms) if their retryOn does not retry a timed-out attempt, else at
+    the 610 ms route timeout (UNAVAILABLE 'upstream request timeout'). The promotion service
+    never sees the call."""
     async with FakeBackend("promotion", _methods("promotion")) as promo:
         topo = local_topology({"promotion": [promo.address]})
         mesh = await start_mesh(policy.with_fault("promotion", _delay("2s")), topo)
-        await mesh.wait_healthy("outbound|promotion", 1)
+        await mesh.wait_healthy(_clawback_cluster(policy), 1)
         expected = _expected_clawback_failure(policy)
         async with grpc.aio.insecure_channel(mesh.address("promotion")) as ch:
             r = await call_unary(ch, CLAW, deadline=5)
-        assert r.code == grpc.StatusCode.UNAVAILABLE, r
-        assert r.details == "upstream request timeout"
+        assert (r.code, r.details) in ENDED_BY_THE_POLICY, r
         assert expected - 0.02 <= r.elapsed <= expected + SLACK, (r.elapsed, expected)
         assert promo.total_calls == 0
-        stats = await mesh.admin.cluster_stats_async("outbound|promotion")
+        stats = await mesh.admin.cluster_stats_async(_clawback_cluster(policy))
         assert stats["upstream_rq_per_try_timeout"] + stats["upstream_rq_timeout"] >= 1
 
 
@@ -127,18 +145,17 @@ async def test_the_route_timeout_ends_a_retried_clawback_at_610ms(
     async with FakeBackend("promotion", _methods("promotion")) as promo:
         topo = local_topology({"promotion": [promo.address]})
         mesh = await start_mesh(retried, topo)
-        await mesh.wait_healthy("outbound|promotion", 1)
+        await mesh.wait_healthy(_clawback_cluster(policy), 1)
         async with grpc.aio.insecure_channel(mesh.address("promotion")) as ch:
             r = await call_unary(ch, CLAW, deadline=5)
-            stats = await mesh.admin.cluster_stats_async("outbound|promotion")
+            stats = await mesh.admin.cluster_stats_async(_clawback_cluster(policy))
             # A caller's shorter deadline still wins (max_grpc_timeout = route timeout).
             short = await call_unary(ch, CLAW, deadline=0.3)
         timeout = route.timeout.seconds
         assert timeout == pytest.approx(0.610)
         assert route.retries.per_try_timeout is not None
         attempts_end = (route.retries.attempts + 1) * route.retries.per_try_timeout.seconds
-        assert r.code == grpc.StatusCode.UNAVAILABLE, r
-        assert r.details == "upstream request timeout"
+        assert (r.code, r.details) in ENDED_BY_THE_POLICY, r
         assert min(timeout, attempts_end) - 0.02 <= r.elapsed <= timeout + SLACK, r.elapsed
         assert stats["upstream_rq_retry"] == route.retries.attempts
         assert stats["upstream_rq_per_try_timeout"] >= route.retries.attempts
@@ -228,14 +245,14 @@ async def test_a_delayed_promotion_trips_the_circuit_breaker(
     """Delay on promotion + 20 concurrent ClawBackPoints: the calls beyond http2MaxRequests
     (+ http1MaxPendingRequests) fail at once with UNAVAILABLE (overflow); the admitted ones
     fail at the policy's timeout; nothing reaches the service."""
-    pool = policy["promotion"].traffic_policy.connection_pool
+    pool = policy["promotion"].policy_for("ClawBackPoints").connection_pool
     assert pool is not None
     assert pool.http is not None
     admitted_max = (pool.http.http2_max_requests or 0) + (pool.http.http1_max_pending_requests or 0)
     async with FakeBackend("promotion", _methods("promotion")) as promo:
         topo = local_topology({"promotion": [promo.address]})
         mesh = await start_mesh(policy.with_fault("promotion", _delay("1s")), topo)
-        await mesh.wait_healthy("outbound|promotion", 1)
+        await mesh.wait_healthy(_clawback_cluster(policy), 1)
         expected = _expected_clawback_failure(policy)
         async with grpc.aio.insecure_channel(mesh.address("promotion")) as ch:
             await call_unary(ch, CLAW)  # opens the upstream connection
@@ -243,9 +260,8 @@ async def test_a_delayed_promotion_trips_the_circuit_breaker(
             results = await _burst(ch, CLAW, 20)
         fast = [r for r in results if r.elapsed < FAST]
         slow = [r for r in results if r.elapsed >= FAST]
-        assert all(r.code == grpc.StatusCode.UNAVAILABLE for r in results), results
         assert len(fast) >= 20 - admitted_max, results
-        assert all("overflow" in r.details for r in fast)
+        assert all(r.code == grpc.StatusCode.UNAVAILABLE and "overflow" in r.details for r in fast)
         assert 1 <= len(slow) <= admitted_max
         route = policy["promotion"].route_for("ClawBackPoints")
         assert route is not None
@@ -255,12 +271,81 @@ async def test_a_delayed_promotion_trips_the_circuit_breaker(
         # that finds it spent ends after its first try instead of at the route timeout.
         earliest = min(expected, route.retries.per_try_timeout.seconds)
         for r in slow:
-            assert r.details == "upstream request timeout"
+            assert (r.code, r.details) in ENDED_BY_THE_POLICY, r
             assert earliest - 0.02 <= r.elapsed <= expected * 2 + SLACK, (r.elapsed, expected)
-        stats = await mesh.admin.cluster_stats_async("outbound|promotion")
+        stats = await mesh.admin.cluster_stats_async(_clawback_cluster(policy))
         overflow = stats["upstream_rq_pending_overflow"] + stats["upstream_rq_active_overflow"]
         assert overflow == len(fast)
         assert promo.total_calls == 0
+
+
+async def test_customers_reads_are_not_refused_by_the_clawbacks_breaker(
+    policy: MeshPolicy, start_mesh: Any
+) -> None:
+    """The breaker guards the clawback only. With promotion slow (a delay fault), 40 concurrent
+    GetPointBalance through the gateway and 20 concurrent ClawBackPoints through payment's
+    sidecar, all at once: the reads go to the host's cluster with its ample pool, all 40 are in
+    flight together and all succeed; the clawbacks go to their subset's cluster and overflow its
+    breaker as before, while the host's clusters refuse nothing."""
+    reads, clawbacks = 40, 20
+    read_route = policy["promotion"].route_for("GetPointBalance")
+    assert read_route is not None
+    assert read_route.subset is None, "customers' reads must not go to the clawback's subset"
+    pool = policy["promotion"].policy_for("ClawBackPoints").connection_pool
+    assert pool is not None
+    assert pool.http is not None
+    admitted_max = (pool.http.http2_max_requests or 0) + (pool.http.http1_max_pending_requests or 0)
+    assert admitted_max < clawbacks < reads, "the burst must exceed what the breaker admits"
+    reads_cluster = cluster_name("promotion", "gateway", read_route.subset)
+    claw_cluster = _clawback_cluster(policy)
+    async with FakeBackend("promotion", _methods("promotion")) as promo:
+        topo = local_topology({"promotion": [promo.address]})
+        # Longer than the clawback may take, well within the reads' route timeout (5 s).
+        mesh = await start_mesh(policy.with_fault("promotion", _delay("2s")), topo)
+        for name in (reads_cluster, claw_cluster):
+            await mesh.wait_healthy(name, 1)
+        async with (
+            grpc.aio.insecure_channel(mesh.address("gateway")) as gateway,
+            grpc.aio.insecure_channel(mesh.address("promotion")) as sidecar,
+        ):
+            bursts = asyncio.gather(
+                asyncio.gather(*(call_unary(gateway, BALANCE, deadline=10) for _ in range(reads))),
+                _burst(sidecar, CLAW, clawbacks),
+            )
+            # All reads are held by the delay at the same time: far more than the clawback's
+            # breaker would let through.
+            try:
+                await mesh.admin.wait_for_async(
+                    "reads in flight",
+                    lambda: (
+                        mesh.admin.counter(f"cluster.{reads_cluster}.upstream_rq_active") >= reads
+                    ),
+                    within=10,
+                )
+                crowded = True
+            except TimeoutError:
+                crowded = False
+            read_results, claw_results = await bursts
+        assert all(r.ok for r in read_results), [r for r in read_results if not r.ok]
+        assert crowded, f"the {reads} reads were never in flight at once in {reads_cluster}"
+        assert promo.calls[BALANCE] == reads
+        refused = (
+            "upstream_rq_pending_overflow",
+            "upstream_rq_active_overflow",
+            "upstream_cx_overflow",
+        )
+        for name in (reads_cluster, cluster_name("promotion", "outbound")):
+            stats = await mesh.admin.cluster_stats_async(name)
+            assert {k: stats.get(k, 0) for k in refused} == dict.fromkeys(refused, 0), name
+        # The clawbacks: refused beyond what the breaker admits, the others end by the policy.
+        assert not any(r.ok for r in claw_results), claw_results
+        overflowed = [r for r in claw_results if "overflow" in r.details]
+        assert len(overflowed) >= clawbacks - admitted_max, claw_results
+        stats = await mesh.admin.cluster_stats_async(claw_cluster)
+        assert stats["upstream_rq_pending_overflow"] + stats["upstream_rq_active_overflow"] == len(
+            overflowed
+        )
+        assert promo.calls[CLAW] == 0
 
 
 async def test_a_client_side_fault_delay_escapes_timeout_and_circuit_breaker(
@@ -276,7 +361,7 @@ async def test_a_client_side_fault_delay_escapes_timeout_and_circuit_breaker(
             topo,
             options=RenderOptions(fault_placement="outbound"),
         )
-        await mesh.wait_healthy("outbound|promotion", 1)
+        await mesh.wait_healthy(_clawback_cluster(policy), 1)
         async with grpc.aio.insecure_channel(mesh.address("promotion")) as ch:
             single = await call_unary(ch, CLAW)
             results = await _burst(ch, CLAW, 20)

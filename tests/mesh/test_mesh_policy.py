@@ -70,14 +70,27 @@ def test_values_load_with_the_numbers_of_the_chart(policy: MeshPolicy) -> None:
     assert default is not None
     assert default.is_default
     assert default.retries == Retries(attempts=0)
-    pool = promo.traffic_policy.connection_pool
+    # The seed's breaker is the clawback's subset; customers' reads use the host's ample pool.
+    assert claw.subset == "clawback"
+    assert default.subset is None
+    assert list(promo.subsets) == ["clawback"]
+    assert promo.policy_for("ClawBackPoints") == promo.traffic_policy_for("clawback")
+    assert promo.policy_for("GetPointBalance") == promo.traffic_policy
+    host_pool = promo.traffic_policy.connection_pool
+    assert host_pool is not None
+    assert host_pool.http is not None
+    assert (host_pool.http.http2_max_requests, host_pool.http.http1_max_pending_requests) == (
+        1024,
+        1024,
+    )
+    pool = promo.policy_for("ClawBackPoints").connection_pool
     assert pool is not None
     assert pool.tcp is not None
     assert pool.http is not None
     assert (pool.tcp.max_connections, pool.tcp.connect_timeout) == (10, Duration.of_millis(250))
     assert (pool.http.http2_max_requests, pool.http.http1_max_pending_requests) == (4, 2)
     assert pool.http.max_retries == 3
-    od = promo.traffic_policy.outlier_detection
+    od = promo.policy_for("ClawBackPoints").outlier_detection
     assert od is not None
     assert (od.consecutive_5xx_errors, od.consecutive_gateway_errors) == (3, 3)
     assert (od.interval, od.base_ejection_time) == (
@@ -98,6 +111,8 @@ def _mesh(dest: dict[str, Any]) -> dict[str, Any]:
 
 
 _ROUTE = {"name": "default", "timeout": "5s"}
+_CLAW = {"name": "claw", "methods": ["ClawBackPoints"], "subset": "clawback"}
+_TIGHT = {"trafficPolicy": {"connectionPool": {"http": {"http2MaxRequests": 4}}}}
 
 
 @pytest.mark.parametrize(
@@ -135,6 +150,34 @@ _ROUTE = {"name": "default", "timeout": "5s"}
             },
             "outside 0..100",
         ),
+        ({"routes": [_CLAW, _ROUTE]}, r"routes\[0\]\.subset: no subset 'clawback'"),
+        (
+            {"routes": [_CLAW, _ROUTE], "subsets": {"clawbak": _TIGHT}},
+            r"no subset 'clawback' in mesh.destinations.promotion.subsets \(defined: clawbak\)",
+        ),
+        ({"routes": [_ROUTE], "subsets": {"clawback": _TIGHT}}, "subsets.clawback: no route"),
+        ({"routes": [{**_CLAW, "subset": "Claw_Back"}, _ROUTE]}, "subset: 'Claw_Back' is not a"),
+        ({"routes": [_CLAW, _ROUTE], "subsets": {"Claw": _TIGHT}}, "subsets: 'Claw' is not a"),
+        (
+            {
+                "routes": [_CLAW, _ROUTE],
+                "subsets": {"clawback": {**_TIGHT, "labels": {"version": "v1"}}},
+            },
+            "clawback.labels: not supported",
+        ),
+        (
+            {"routes": [_CLAW, _ROUTE], "subsets": {"clawback": {"trafficPolcy": {}}}},
+            "subsets.clawback: unknown or unsupported field",
+        ),
+        (
+            {
+                "routes": [_CLAW, _ROUTE],
+                "subsets": {
+                    "clawback": {"trafficPolicy": {"connectionPool": {"http": {"http2MaxReq": 4}}}}
+                },
+            },
+            "subsets.clawback.trafficPolicy.connectionPool.http: unknown",
+        ),
         ({"routes": [_ROUTE], "fault": {"abort": {"grpcStatus": "UNAVAILABEL"}}}, "unknown gRPC"),
         ({"routes": [_ROUTE], "fault": {"abort": {"percentage": {"value": 5}}}}, "exactly one"),
         ({"routes": [_ROUTE], "fault": {"delay": {"exponentialDelay": "1s"}}}, "exponentialDelay"),
@@ -163,6 +206,38 @@ def test_unset_retries_keep_istios_default_and_zero_attempts_disable() -> None:
     assert a.retries is None  # Istio default policy (2 retries) applies
     assert a.timeout is None  # no timeout
     assert b.retries == Retries(attempts=0)
+
+
+def test_a_subsets_policy_replaces_what_it_sets_and_inherits_the_rest() -> None:
+    """Istio's merge (docs/mesh.md): field by field at the top of TrafficPolicy, so a
+    subset's connectionPool replaces the host's whole, while its unset outlierDetection and
+    loadBalancer are the host's."""
+    p = parse_policy(
+        _mesh(
+            {
+                "routes": [_CLAW, _ROUTE],
+                "trafficPolicy": {
+                    "connectionPool": {"tcp": {"maxConnections": 100}},
+                    "outlierDetection": {"consecutive5xxErrors": 5},
+                    "loadBalancer": {"simple": "ROUND_ROBIN"},
+                },
+                "subsets": {"clawback": _TIGHT},
+            }
+        )
+    )
+    promo = p["promotion"]
+    merged = promo.traffic_policy_for("clawback")
+    assert merged.connection_pool is not None
+    assert merged.connection_pool.tcp is None
+    assert merged.connection_pool.http is not None
+    assert merged.connection_pool.http.http2_max_requests == 4
+    assert merged.outlier_detection == promo.traffic_policy.outlier_detection
+    assert merged.load_balancer == "ROUND_ROBIN"
+    assert promo.policy_for("ClawBackPoints") == merged
+    assert promo.policy_for("GetPointBalance") == promo.traffic_policy
+    # A subset without a trafficPolicy is the host's policy, in a cluster of its own.
+    bare = parse_policy(_mesh({"routes": [_CLAW, _ROUTE], "subsets": {"clawback": {}}}))
+    assert bare["promotion"].traffic_policy_for("clawback") == bare["promotion"].traffic_policy
 
 
 def test_faults_parse_from_values_and_cli_and_round_trip() -> None:

@@ -1,7 +1,8 @@
 """mesh.envoy: the rendered bootstrap is valid for the real Envoy and carries the values' numbers.
 
 Parity is checked field by field against the raw YAML values (read without mesh.policy), with
-Istio's defaults where the values set nothing (mesh-mapping.md).
+Istio's defaults where the values set nothing and Istio's merge of a subset's traffic policy
+(the mapping table in docs/mesh.md).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from mesh.envoy import (
     MAX_UINT32,
     RenderError,
     RenderOptions,
+    Via,
     cluster_name,
     descriptor_services,
     render_envoy_config,
@@ -153,87 +155,232 @@ def test_an_invalid_config_is_reported(tmp_path: Path, envoy_available: Path) ->
 
 # -- DestinationRule -> cluster parity ------------------------------------------------------
 
+# The TrafficPolicy fields a subset's trafficPolicy replaces whole (docs/mesh.md, subsets).
+SUBSET_MERGED_FIELDS = ("connectionPool", "outlierDetection", "loadBalancer")
+
+
+def merged_traffic_policy(raw: dict[str, Any], subset: str | None) -> dict[str, Any]:
+    """The raw trafficPolicy of the host, or of a subset merged as Istio merges it: each field
+    the subset sets replaces the host's whole; the others are inherited."""
+    tp = dict(raw.get("trafficPolicy") or {})
+    if subset is None:
+        return tp
+    sub = (raw["subsets"][subset] or {}).get("trafficPolicy") or {}
+    tp.update({k: v for k, v in sub.items() if k in SUBSET_MERGED_FIELDS})
+    return tp
+
+
+def expected_clusters(
+    raw: dict[str, Any], service: str, topo: Topology
+) -> list[tuple[str, dict[str, Any]]]:
+    """(cluster name, raw traffic policy) of every client-side cluster of a destination: the
+    host's on each side, and each subset's on each side where a served route sends to it (the
+    gateway serves no internal method)."""
+    full = GRPC_SERVICES[service]
+    out: list[tuple[str, dict[str, Any]]] = []
+    for via in ["gateway"] + (["outbound"] if service in topo.sidecars else []):
+        out.append((f"{via}|{service}", merged_traffic_policy(raw, None)))
+        served = {
+            route["subset"]
+            for route in raw["routes"]
+            if "subset" in route
+            and (
+                via == "outbound"
+                or "methods" not in route
+                or any(f"/{full}/{m}" not in INTERNAL_METHODS for m in route["methods"])
+            )
+        }
+        for subset in raw.get("subsets") or {}:
+            if subset in served:
+                out.append((f"{via}|{service}|{subset}", merged_traffic_policy(raw, subset)))
+    return out
+
+
+def test_every_subset_of_the_values_has_a_sidecar_cluster(
+    raw_mesh: dict[str, Any], config: dict[str, Any], topo: Topology
+) -> None:
+    names = {c["name"] for c in config["static_resources"]["clusters"]}
+    subsets = [
+        (service, subset)
+        for service, raw in raw_mesh["destinations"].items()
+        for subset in raw.get("subsets") or {}
+    ]
+    assert ("promotion", "clawback") in subsets
+    for service, subset in subsets:
+        assert f"outbound|{service}|{subset}" in names
+        # The gateway routes no internal method, so it has no cluster for the clawback.
+        assert f"gateway|{service}|{subset}" not in names
+    rendered = {n for n in names if not n.startswith("inbound|")}
+    assert rendered == {
+        name
+        for service, raw in raw_mesh["destinations"].items()
+        for name, _ in expected_clusters(raw, service, topo)
+    }
+
 
 @pytest.mark.parametrize("service", sorted(GRPC_SERVICES))
 def test_cluster_numbers_equal_the_values(
     raw_mesh: dict[str, Any], config: dict[str, Any], topo: Topology, service: str
 ) -> None:
     raw = raw_mesh["destinations"][service]
-    tp = raw.get("trafficPolicy") or {}
+    for name, tp in expected_clusters(raw, service, topo):
+        _check_cluster(cluster(config, name), tp, topo, service)
+
+
+def _check_cluster(c: dict[str, Any], tp: dict[str, Any], topo: Topology, service: str) -> None:
     tcp = (tp.get("connectionPool") or {}).get("tcp") or {}
     http = (tp.get("connectionPool") or {}).get("http") or {}
     od = tp.get("outlierDetection")
-    vias = ["gateway"] + (["outbound"] if service in topo.sidecars else [])
-    for via in vias:
-        c = cluster(config, cluster_name(service, via))  # type: ignore[arg-type]
-        # connectionPool.tcp.connectTimeout, mesh default 10s.
-        assert envoy_ms(c["connect_timeout"]) == ms(tcp.get("connectTimeout", "10s"))
-        # Istio starts every threshold at 4294967295 with track_remaining, then applies the DR.
-        (t,) = c["circuit_breakers"]["thresholds"]
-        assert t["max_connections"] == tcp.get("maxConnections", MAX_UINT32)
-        assert t["max_pending_requests"] == http.get("http1MaxPendingRequests", MAX_UINT32)
-        assert t["max_requests"] == http.get("http2MaxRequests", MAX_UINT32)
-        assert t["max_retries"] == (http.get("maxRetries") or MAX_UINT32)
-        assert t["track_remaining"] is True
-        assert set(t) == {
-            "max_connections",
-            "max_pending_requests",
-            "max_requests",
-            "max_retries",
-            "track_remaining",
-        }
-        assert c["lb_policy"] == "LEAST_REQUEST"
-        opts = c["typed_extension_protocol_options"][
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-        ]
-        assert opts["explicit_http_config"] == {"http2_protocol_options": {}}
-        if "maxRequestsPerConnection" in http:
-            assert (
-                opts["common_http_protocol_options"]["max_requests_per_connection"]
-                == http["maxRequestsPerConnection"]
-            )
+    # connectionPool.tcp.connectTimeout, mesh default 10s.
+    assert envoy_ms(c["connect_timeout"]) == ms(tcp.get("connectTimeout", "10s"))
+    # Istio starts every threshold at 4294967295 with track_remaining, then applies the DR.
+    (t,) = c["circuit_breakers"]["thresholds"]
+    assert t["max_connections"] == tcp.get("maxConnections", MAX_UINT32)
+    assert t["max_pending_requests"] == http.get("http1MaxPendingRequests", MAX_UINT32)
+    assert t["max_requests"] == http.get("http2MaxRequests", MAX_UINT32)
+    assert t["max_retries"] == (http.get("maxRetries") or MAX_UINT32)
+    assert t["track_remaining"] is True
+    assert set(t) == {
+        "max_connections",
+        "max_pending_requests",
+        "max_requests",
+        "max_retries",
+        "track_remaining",
+    }
+    assert c["lb_policy"] == "LEAST_REQUEST"
+    opts = c["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
+    assert opts["explicit_http_config"] == {"http2_protocol_options": {}}
+    if "maxRequestsPerConnection" in http:
+        assert (
+            opts["common_http_protocol_options"]["max_requests_per_connection"]
+            == http["maxRequestsPerConnection"]
+        )
+    else:
+        assert "common_http_protocol_options" not in opts
+    # outlierDetection: only what the values set; success-rate ejection off.
+    assert od is not None, "every destination of the chart sets outlier detection"
+    o = c["outlier_detection"]
+    assert o["enforcing_success_rate"] == 0
+    for key, ekey, raw_key in (
+        ("consecutive_5xx", "enforcing_consecutive_5xx", "consecutive5xxErrors"),
+        (
+            "consecutive_gateway_failure",
+            "enforcing_consecutive_gateway_failure",
+            "consecutiveGatewayErrors",
+        ),
+    ):
+        if raw_key in od:
+            assert o[key] == od[raw_key]
+            assert o[ekey] == (100 if od[raw_key] > 0 else 0)
         else:
-            assert "common_http_protocol_options" not in opts
-        # outlierDetection: only what the values set; success-rate ejection off.
-        assert od is not None, "every destination of the chart sets outlier detection"
-        o = c["outlier_detection"]
-        assert o["enforcing_success_rate"] == 0
-        for key, ekey, raw_key in (
-            ("consecutive_5xx", "enforcing_consecutive_5xx", "consecutive5xxErrors"),
-            (
-                "consecutive_gateway_failure",
-                "enforcing_consecutive_gateway_failure",
-                "consecutiveGatewayErrors",
-            ),
-        ):
-            if raw_key in od:
-                assert o[key] == od[raw_key]
-                assert o[ekey] == (100 if od[raw_key] > 0 else 0)
-            else:
-                assert key not in o
-                assert ekey not in o
-        assert envoy_ms(o["interval"]) == ms(od["interval"])
-        assert envoy_ms(o["base_ejection_time"]) == ms(od["baseEjectionTime"])
-        assert o["max_ejection_percent"] == od["maxEjectionPercent"]
-        # The local active health check must not undo an ejection.
-        assert o["successful_active_health_check_uneject_host"] is False
-        assert c["common_lb_config"]["healthy_panic_threshold"] == {
-            "value": float(od.get("minHealthPercent", 0))
+            assert key not in o
+            assert ekey not in o
+    assert envoy_ms(o["interval"]) == ms(od["interval"])
+    assert envoy_ms(o["base_ejection_time"]) == ms(od["baseEjectionTime"])
+    assert o["max_ejection_percent"] == od["maxEjectionPercent"]
+    # The local active health check must not undo an ejection.
+    assert o["successful_active_health_check_uneject_host"] is False
+    assert c["common_lb_config"]["healthy_panic_threshold"] == {
+        "value": float(od.get("minHealthPercent", 0))
+    }
+    # Endpoints: every instance, reached through its inbound sidecar, health-checked direct.
+    eps = c["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert len(eps) == len(topo.instances[service])
+    for ep, inst in zip(eps, topo.instances[service], strict=True):
+        e = ep["endpoint"]
+        assert e["address"]["socket_address"] == {
+            "address": inst.inbound.host,
+            "port_value": inst.inbound.port,
         }
-        # Endpoints: every instance, reached through its inbound sidecar, health-checked direct.
-        eps = c["load_assignment"]["endpoints"][0]["lb_endpoints"]
-        assert len(eps) == len(topo.instances[service])
-        for ep, inst in zip(eps, topo.instances[service], strict=True):
-            e = ep["endpoint"]
-            assert e["address"]["socket_address"] == {
-                "address": inst.inbound.host,
-                "port_value": inst.inbound.port,
+        assert e["health_check_config"]["port_value"] == inst.address.port
+    (hc,) = c["health_checks"]
+    assert hc["grpc_health_check"] == {"service_name": ""}
+    assert envoy_ms(hc["no_traffic_interval"]) <= 1000
+    assert envoy_ms(hc["interval"]) <= 1000
+
+
+def test_a_subset_gets_a_cluster_of_its_own_merged_as_istio_merges(topo: Topology) -> None:
+    """A subset's trafficPolicy replaces each field it sets whole and inherits the others: here
+    its connectionPool (http only) drops the host's tcp settings, while outlier detection and
+    the load balancer come from the host. Only the route naming the subset goes there."""
+    policy = parse_policy(
+        {
+            "destinations": {
+                "promotion": {
+                    "routes": [
+                        {"name": "claw", "methods": ["ClawBackPoints"], "subset": "tight"},
+                        {"name": "read", "methods": ["GetPointBalance"], "subset": "tight"},
+                        {"name": "default"},
+                    ],
+                    "trafficPolicy": {
+                        "connectionPool": {
+                            "tcp": {"maxConnections": 100, "connectTimeout": "1s"},
+                            "http": {"http2MaxRequests": 100},
+                        },
+                        "outlierDetection": {"consecutive5xxErrors": 7, "interval": "2s"},
+                        "loadBalancer": {"simple": "ROUND_ROBIN"},
+                    },
+                    "subsets": {
+                        "tight": {
+                            "trafficPolicy": {"connectionPool": {"http": {"http2MaxRequests": 3}}}
+                        }
+                    },
+                }
             }
-            assert e["health_check_config"]["port_value"] == inst.address.port
-        (hc,) = c["health_checks"]
-        assert hc["grpc_health_check"] == {"service_name": ""}
-        assert envoy_ms(hc["no_traffic_interval"]) <= 1000
-        assert envoy_ms(hc["interval"]) <= 1000
+        }
+    )
+    topo = build_topology({"promotion": ["127.0.0.1:50053"]}, sidecar_ports={"promotion": 15053})
+    config = render_envoy_config(policy, topo, None)
+    for via in ("outbound", "gateway"):
+        host = cluster(config, f"{via}|promotion")
+        (t,) = host["circuit_breakers"]["thresholds"]
+        assert (t["max_connections"], t["max_requests"]) == (100, 100)
+        tight = cluster(config, f"{via}|promotion|tight")
+        (t,) = tight["circuit_breakers"]["thresholds"]
+        assert t["max_requests"] == 3
+        assert t["max_connections"] == MAX_UINT32  # the host's tcp is not inherited
+        assert tight["connect_timeout"] == "10s"  # neither is its connectTimeout
+        assert tight["outlier_detection"] == host["outlier_detection"]
+        assert tight["outlier_detection"]["consecutive_5xx"] == 7
+        assert tight["lb_policy"] == host["lb_policy"] == "ROUND_ROBIN"
+        assert tight["load_assignment"]["endpoints"] == host["load_assignment"]["endpoints"]
+        assert tight["load_assignment"]["cluster_name"] == f"{via}|promotion|tight"
+    sidecar = routes(config, "outbound|promotion")
+    gateway = routes(config, "gateway")
+    for rs, via in ((sidecar, "outbound"), (gateway, "gateway")):
+        read = route_for_path(rs, "/phoneseller.promotion.v1.PromotionService/GetPointBalance")
+        assert read["route"]["cluster"] == f"{via}|promotion|tight"
+        other = route_for_path(rs, "/phoneseller.promotion.v1.PromotionService/Other")
+        assert other["route"]["cluster"] == f"{via}|promotion"
+    claw = "/phoneseller.promotion.v1.PromotionService/ClawBackPoints"
+    assert route_for_path(sidecar, claw)["route"]["cluster"] == "outbound|promotion|tight"
+    assert "direct_response" in route_for_path(gateway, claw)
+
+
+def test_the_gateway_has_no_cluster_for_a_subset_only_internal_methods_use(
+    policy: MeshPolicy, topo: Topology
+) -> None:
+    """The chart's clawback subset: payment's sidecar gets the clawback's cluster, the gateway
+    (which refuses ClawBackPoints) does not, and customers' GetPointBalance goes to the host's
+    cluster with its own, ample, circuit breaker."""
+    config = render_envoy_config(policy, topo, None)
+    names = {c["name"] for c in config["static_resources"]["clusters"]}
+    claw_route = policy["promotion"].route_for("ClawBackPoints")
+    assert claw_route is not None
+    assert claw_route.subset is not None
+    assert cluster_name("promotion", "outbound", claw_route.subset) in names
+    assert cluster_name("promotion", "gateway", claw_route.subset) not in names
+    balance = "/phoneseller.promotion.v1.PromotionService/GetPointBalance"
+    read = route_for_path(routes(config, "gateway"), balance)
+    assert read["route"]["cluster"] == "gateway|promotion"
+    reads = cluster(config, "gateway|promotion")["circuit_breakers"]["thresholds"][0]
+    claws = cluster(config, cluster_name("promotion", "outbound", claw_route.subset))[
+        "circuit_breakers"
+    ]["thresholds"][0]
+    assert (claws["max_requests"], claws["max_pending_requests"]) == (4, 2)
+    assert reads["max_requests"] > 40 and reads["max_pending_requests"] > 40
 
 
 def test_no_outlier_detection_renders_none_and_keeps_envoys_panic_default(topo: Topology) -> None:
@@ -323,26 +470,31 @@ def test_route_numbers_equal_the_values(
     listeners = ["gateway"] + ([f"outbound|{service}"] if service in topo.sidecars else [])
     for lname in listeners:
         rs = routes(config, lname)
+        via: Via = "gateway" if lname == "gateway" else "outbound"
         for raw_route in raw_routes:
+            # A route with a subset goes to that subset's cluster, every other to the host's.
+            expected_cluster = cluster_name(service, via, raw_route.get("subset"))
             if "methods" in raw_route:
                 for method in raw_route["methods"]:
                     path = f"/{full}/{method}"
                     r = route_for_path(rs, path)
                     if lname == "gateway" and path in INTERNAL_METHODS:
+                        # Refused first; the policy's route for it would never match there.
                         assert "direct_response" in r
-                        r = next(x for x in rs if x["match"].get("path") == path and "route" in x)
+                        assert not [
+                            x for x in rs if x["match"].get("path") == path and "route" in x
+                        ]
+                        continue
                     assert r["match"] == {"path": path, "case_sensitive": True}
                     assert r["name"] == f"{service}.{raw_route['name']}"
+                    assert r["route"]["cluster"] == expected_cluster
                     _check_route(r, raw_route)
             else:
                 prefix = f"/{full}/" if lname == "gateway" else "/"
                 (r,) = [x for x in rs if x["match"] == {"prefix": prefix}]
                 assert r["name"] == f"{service}.{raw_route['name']}"
+                assert r["route"]["cluster"] == expected_cluster
                 _check_route(r, raw_route)
-            via = "gateway" if lname == "gateway" else "outbound"
-            for r in rs:
-                if r["name"].startswith(f"{service}."):
-                    assert r["route"]["cluster"] == cluster_name(service, via)  # type: ignore[arg-type]
 
 
 def test_default_retry_policy_when_retries_are_unset() -> None:
@@ -367,7 +519,7 @@ def test_default_retry_policy_when_retries_are_unset() -> None:
     codes = route_for_path(rs, "/phoneseller.payment.v1.PaymentService/Pay")["route"][
         "retry_policy"
     ]
-    # Istio parseRetryOn: numbers become retriable_status_codes (+ retriable-status-codes).
+    # As Istio: numbers become retriable_status_codes (+ retriable-status-codes).
     assert codes["retry_on"] == "unavailable,retriable-status-codes"
     assert codes["retriable_status_codes"] == [503]
     assert codes["num_retries"] == 3

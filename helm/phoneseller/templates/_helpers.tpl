@@ -146,6 +146,9 @@ Renders one Istio HTTPRoute of the mesh policy. Call with
         host: {{ include "phoneseller.host" . }}
         port:
           number: {{ include "phoneseller.grpcPort" .root }}
+        {{- with .route.subset }}
+        subset: {{ . }}
+        {{- end }}
   {{- with .route.timeout }}
   timeout: {{ . }}
   {{- end }}
@@ -157,6 +160,31 @@ Renders one Istio HTTPRoute of the mesh policy. Call with
   fault:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end -}}
+
+{{/*
+Checks what values.schema.json cannot: every route's subset exists in the destination's subsets
+(Istio answers a route to a missing subset with 503), and every subset is named by a route (a
+subset's policy applies only to traffic a route sends to it, so an unnamed one is a forgotten
+`subset:`). mesh/policy.py rejects the same. Call with (dict "service" "promotion" "destination"
+<mesh destination>).
+*/}}
+{{- define "phoneseller.validateSubsets" -}}
+{{- $subsets := .destination.subsets | default dict -}}
+{{- $routed := dict -}}
+{{- range .destination.routes -}}
+{{- with .subset -}}
+{{- if not (hasKey $subsets .) -}}
+{{- fail (printf "mesh.destinations.%s.routes: no subset %q in mesh.destinations.%s.subsets" $.service . $.service) -}}
+{{- end -}}
+{{- $_ := set $routed . true -}}
+{{- end -}}
+{{- end -}}
+{{- range $name, $_ := $subsets -}}
+{{- if not (hasKey $routed $name) -}}
+{{- fail (printf "mesh.destinations.%s.subsets.%s: no route sends to it, so its trafficPolicy would apply to nothing" $.service $name) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
