@@ -7,6 +7,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Options of `make bench`, e.g. ARGS="--postgres" or ARGS="--soak --soak-minutes 2".
+ARGS ?=
 
 .DEFAULT_GOAL := help
 
@@ -68,6 +70,10 @@ test-fast: $(STAMP) ## Unit tests only
 .PHONY: bench-events
 bench-events: $(STAMP) ## Events/s through outbox -> JetStream -> inbox, beside raw JetStream rates
 	$(BIN)/python -m benchmarks.events
+
+.PHONY: bench
+bench: $(STAMP) ## The saga through the gateway at 1-64 clients, beside a unary call (ARGS=--postgres, --soak, --help)
+	$(BIN)/python -m benchmarks.saga $(ARGS)
 
 .PHONY: clean
 clean: ## Remove .venv, .run and caches
