@@ -1,10 +1,9 @@
-"""Outgoing gRPC channels that carry the trace context and correlation id of the caller."""
+"""Outgoing gRPC channels, and the metadata that carries the caller's trace context and
+correlation id."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import grpc
 
@@ -15,32 +14,22 @@ from services.kit import context
 _SERVICE_CONFIG = json.dumps({"methodConfig": [{"name": [{}], "waitForReady": False}]})
 
 
-class _ContextInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    async def intercept_unary_unary(
-        self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: Any,
-    ) -> Any:
-        metadata = list(client_call_details.metadata or ())
-        metadata.append(("traceparent", context.child_traceparent()))
-        if order_id := context.correlation_id.get():
-            metadata.append(("x-correlation-id", order_id))
-        details = grpc.aio.ClientCallDetails(
-            client_call_details.method,
-            client_call_details.timeout,
-            metadata,
-            client_call_details.credentials,
-            client_call_details.wait_for_ready,
-        )
-        return await continuation(details, request)
+def outgoing_metadata() -> tuple[tuple[str, str], ...]:
+    """The caller's trace context and correlation id, for an outgoing call's metadata.
+
+    Passed by the callers themselves rather than by a client interceptor: grpc.aio wraps every
+    intercepted call in a second call object (measured here: ~20 of ~220 µs of the client's
+    CPU per call).
+    """
+    if order_id := context.correlation_id.get():
+        return (("traceparent", context.child_traceparent()), ("x-correlation-id", order_id))
+    return (("traceparent", context.child_traceparent()),)
 
 
 def channel(address: str) -> grpc.aio.Channel:
     """A plaintext channel to a peer (mTLS is the mesh's job) with context propagation."""
     return grpc.aio.insecure_channel(
         address,
-        interceptors=[_ContextInterceptor()],
         options=[
             ("grpc.service_config", _SERVICE_CONFIG),
             ("grpc.enable_retries", 0),

@@ -60,6 +60,8 @@ def handles_batches(handler: BatchHandler) -> BatchHandler:
 class ConsumerSettings:
     """Tuning of one durable consumer; the defaults suit every service."""
 
+    #: Messages requested from JetStream at a time (kept outstanding, topped up by halves),
+    #: and the most events handled in one unit of work.
     batch_size: int = 512
     #: Redelivery after this long without an ack; handlers take milliseconds.
     ack_wait_seconds: float = 10.0

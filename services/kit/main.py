@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import sys
+
+import uvloop
 
 from services.kit.config import SERVICE_NAMES, ConfigError, Settings
 from services.kit.server import ServiceDefinition, serve
@@ -31,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"phoneseller-server: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(serve(load_definition(settings.service), settings))
+    # uvloop: the same asyncio API on libuv; the services spend most of their time in the event
+    # loop (gRPC, NATS, database turns), and uvloop's is cheaper (docs/architecture.md).
+    return uvloop.run(serve(load_definition(settings.service), settings))
 
 
 if __name__ == "__main__":

@@ -105,17 +105,22 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, service: str) -> None:
         self.service = service
+        #: The wrapped handler of each method, made on its first call (gRPC asks for a handler
+        #: on every call; there is no need to build the wrapper each time).
+        self._handlers: dict[str, Any] = {}
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
-        handler = await continuation(details)
-        if (
-            handler is None
-            or handler.unary_unary is None
-            or not details.method.startswith("/phoneseller.")
-        ):
+        method = details.method
+        wrapped = self._handlers.get(method)
+        if wrapped is None:
+            wrapped = self._wrap(method, await continuation(details))
+            self._handlers[method] = wrapped
+        return wrapped
+
+    def _wrap(self, method: str, handler: Any) -> Any:
+        if handler is None or handler.unary_unary is None or not method.startswith("/phoneseller."):
             return handler
         behavior = handler.unary_unary
-        method = details.method
         service = self.service
 
         async def handle(request: Any, ctx: grpc.aio.ServicerContext) -> Any:

@@ -9,7 +9,7 @@ from google.rpc import error_details_pb2
 from phoneseller.payment.v1 import payment_service_pb2 as payment_pb
 from phoneseller.payment.v1 import payment_service_pb2_grpc as payment_grpc
 
-from services.kit import errors
+from services.kit import clients, errors
 from services.order.domain import Order
 from services.order.usecases import PaymentOutcome
 
@@ -65,6 +65,7 @@ class PaymentClient:
                     request_id=order.order_id,
                 ),
                 timeout=PAY_DEADLINE_SECONDS,
+                metadata=clients.outgoing_metadata(),
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() is grpc.StatusCode.INVALID_ARGUMENT:
@@ -85,6 +86,7 @@ class PaymentClient:
             await self.stub.CancelPayment(
                 payment_pb.CancelPaymentRequest(payment_id=order.payment_id, request_id=request_id),
                 timeout=CANCEL_DEADLINE_SECONDS,
+                metadata=clients.outgoing_metadata(),
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() is grpc.StatusCode.FAILED_PRECONDITION:

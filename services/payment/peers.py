@@ -8,7 +8,7 @@ import grpc
 from phoneseller.promotion.v1 import promotion_service_pb2 as promotion_pb
 from phoneseller.promotion.v1 import promotion_service_pb2_grpc as promotion_grpc
 
-from services.kit import errors
+from services.kit import clients, errors
 from services.payment.domain import Payment
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ class PromotionClient:
                     request_id=request_id,
                 ),
                 timeout=CLAWBACK_DEADLINE_SECONDS,
+                metadata=clients.outgoing_metadata(),
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (

@@ -48,7 +48,7 @@ async def handle(uow: StoreUnitOfWork, event: Message, envelope: Envelope) -> No
         # A concurrent ShipOrder makes this raise; the consumer tries the event again.
         await uow.store_orders.save(result)
     if result.status is not record.status:
-        log.info(
+        log.debug(
             "store order updated",
             extra={"status": result.status.value, "event_type": envelope.event_type},
         )
