@@ -219,8 +219,8 @@ def test_customers_reads_and_the_clawback_meet_different_breakers_in_both(
     assert "subset" not in ingress["route"][0]["destination"]
     tight = subset_policy(rule, subset)["connectionPool"]["http"]
     ample = rule["spec"]["trafficPolicy"]["connectionPool"]["http"]
-    assert (tight["http2MaxRequests"], tight["http1MaxPendingRequests"]) == (4, 2)
-    assert ample["http2MaxRequests"] >= 40 and ample["http1MaxPendingRequests"] >= 40
+    assert (tight["http2MaxRequests"], tight["http1MaxPendingRequests"]) == (32, 8)
+    assert ample["http2MaxRequests"] >= 100 and ample["http1MaxPendingRequests"] >= 100
 
     claw_cluster = next(
         r

@@ -152,7 +152,7 @@ def test_the_clawback_alone_goes_to_the_breakers_subset(meshed: Rendered) -> Non
     (clawback,) = rule["spec"]["subsets"]
     tight = clawback["trafficPolicy"]["connectionPool"]["http"]
     ample = rule["spec"]["trafficPolicy"]["connectionPool"]["http"]
-    assert (tight["http2MaxRequests"], tight["http1MaxPendingRequests"]) == (4, 2)
+    assert (tight["http2MaxRequests"], tight["http1MaxPendingRequests"]) == (32, 8)
     assert min(ample["http2MaxRequests"], ample["http1MaxPendingRequests"]) > 40
     to_promotion = [
         (route["name"], route["route"][0]["destination"])

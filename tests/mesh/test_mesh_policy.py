@@ -88,7 +88,7 @@ def test_values_load_with_the_numbers_of_the_chart(policy: MeshPolicy) -> None:
     assert pool.tcp is not None
     assert pool.http is not None
     assert (pool.tcp.max_connections, pool.tcp.connect_timeout) == (10, Duration.of_millis(250))
-    assert (pool.http.http2_max_requests, pool.http.http1_max_pending_requests) == (4, 2)
+    assert (pool.http.http2_max_requests, pool.http.http1_max_pending_requests) == (32, 8)
     assert pool.http.max_retries == 3
     od = promo.policy_for("ClawBackPoints").outlier_detection
     assert od is not None

@@ -379,7 +379,7 @@ def test_the_gateway_has_no_cluster_for_a_subset_only_internal_methods_use(
     claws = cluster(config, cluster_name("promotion", "outbound", claw_route.subset))[
         "circuit_breakers"
     ]["thresholds"][0]
-    assert (claws["max_requests"], claws["max_pending_requests"]) == (4, 2)
+    assert (claws["max_requests"], claws["max_pending_requests"]) == (32, 8)
     assert reads["max_requests"] > 40 and reads["max_pending_requests"] > 40
 
 
