@@ -148,6 +148,7 @@ class EventBus:
         client, self._client = self._client, None
         if client is not None and not client.is_closed:
             try:
-                await asyncio.wait_for(client.drain(), timeout=2)
+                async with asyncio.timeout(2):
+                    await client.drain()
             except Exception:
                 await client.close()

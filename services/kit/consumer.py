@@ -224,8 +224,12 @@ class EventConsumer:
                     log.info("no word from JetStream; asking again", extra={"consumer": self.name})
                     pull.requested, pull.last_heard = 0, loop.time()
                 await self._request_more(pull, inbox_subject)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs the wait in a task
+                # of its own, and a cancel that met the event being set left that task (and our
+                # SIGTERM'd service) waiting forever (seen in the zero-downtime test).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(pull.ready.wait(), self.settings.heartbeat_seconds)
+                    async with asyncio.timeout(self.settings.heartbeat_seconds):
+                        await pull.ready.wait()
                 batch = pull.take()
                 if batch:
                     await self.handle_batch(batch)

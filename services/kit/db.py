@@ -299,11 +299,17 @@ MAX_GROUP_MEMBERS = 256
 
 
 class _Turn:
-    """A FIFO lock whose holder can see whether anyone waits, and hand over directly."""
+    """A FIFO lock whose holder can see whether anyone waits, and hand over directly.
 
-    def __init__(self) -> None:
+    `on_abandoned` runs when a turn handed to a waiter finds it cancelled: whoever takes over
+    from there (for the writer, `_leave`: the next waiter, or the group's commit) must, or the
+    group's members would wait for a commit that never comes.
+    """
+
+    def __init__(self, on_abandoned: Callable[[], None] | None = None) -> None:
         self._held = False
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._on_abandoned = on_abandoned or self.release
 
     @property
     def waiting(self) -> bool:
@@ -319,7 +325,7 @@ class _Turn:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self.release()  # handed to us as we were cancelled: pass it on
+                self._on_abandoned()  # handed to us as we were cancelled: pass it on
             else:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
@@ -359,7 +365,7 @@ class _SqliteBackend(_Backend):
         self.lock_timeout_seconds = lock_timeout_seconds
         self.writer: sqlite3.Connection | None = None
         self.reader: sqlite3.Connection | None = None
-        self._turn = _Turn()
+        self._turn = _Turn(on_abandoned=self._leave)
         self._read_turn = _Turn()
         self._group: _Group | None = None
         self._commits: ThreadPoolExecutor | None = None
@@ -617,7 +623,8 @@ class _PostgresBackend(_Backend):
         pool, self.pool = self.pool, None
         if pool is not None:
             try:
-                await asyncio.wait_for(pool.close(), timeout=5)
+                async with asyncio.timeout(5):
+                    await pool.close()
             except (TimeoutError, *_POSTGRES_UNREACHABLE):
                 pool.terminate()
 

@@ -89,8 +89,10 @@ class OutboxRelay:
             await self._set_health(True)
             if sent < self.batch_size:
                 # Caught up: sleep until a local commit wakes us, or poll for other writers.
+                # asyncio.timeout, not wait_for (see the consumer: cancels can be lost on 3.11).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(written.wait(), self.idle_poll_seconds)
+                    async with asyncio.timeout(self.idle_poll_seconds):
+                        await written.wait()
 
     async def relay_once(self) -> int:
         """Publish one batch of pending events; returns how many were sent."""
