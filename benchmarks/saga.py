@@ -15,11 +15,14 @@ probability `--cancel-share`. A step is a warm-up, a drain, the measured window,
   view (CustomerService/GetCustomerHistory, read for every customer the window used) shows
   the order PAID with its PromoCompleted (points_granted > 0) for a kept order, or CANCELLED
   with PayCancelled, OrderCancelled and points_reversed == points_granted > 0 for an order
-  CancelOrder answered CANCELLED. A failed cancel is not retried and leaves a kept order.
-- **diverged**: sagas that ended where nobody sent them: CancelOrder failed with an ErrorInfo
-  (the contract: nothing was changed), yet the view shows the points clawed back or the
-  order cancelled. Not completed; listed with what the view showed, like the **unsettled**
-  ones (not at an end by the end of the drain).
+  CancelOrder answered CANCELLED. A failed cancel is not retried: refused, it leaves a kept
+  order; UNAVAILABLE (or a bare status), either end, whole (the payment finishes a cancel
+  whose points came back after all).
+- **diverged**: sagas that ended where nobody sent them: CancelOrder was refused with an
+  ErrorInfo (the contract: nothing was changed), yet the view shows the points clawed back or
+  the order cancelled. Not completed; listed with what the view showed, like the
+  **unsettled** ones (not at a whole end by the end of the drain, e.g. points clawed back
+  while the order stays PAID).
 - **PlaceOrder / CancelOrder p50/p90/p99/max**: calls answered OK, from an HDR histogram.
 - **saga p50/p99**: on a sample (`--sample-share`, default 5 %) of paid orders, each with a
   customer of its own: from sending PlaceOrder to the view showing the end state, polled
@@ -211,8 +214,8 @@ DEFINITIONS = {
         "OrderCancelled, points_reversed == points_granted > 0) / window seconds"
     ),
     "diverged": (
-        "CancelOrder failed with an ErrorInfo (nothing changed), yet the view shows the points "
-        "clawed back or the order cancelled"
+        "CancelOrder refused with an ErrorInfo (nothing changed), yet the view shows the "
+        "points clawed back or the order cancelled"
     ),
     "saga": "sampled sagas: PlaceOrder sent -> the view shows the end state (±10 %)",
     "cpu_ms_per_saga": (

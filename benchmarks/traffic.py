@@ -67,8 +67,8 @@ class Outcome(enum.Enum):
 
     KEPT = "kept"
     CANCELLED = "cancelled"
-    #: The cancel failed without the service saying so (a timeout, an error Envoy made): it
-    #: may or may not have happened.
+    #: The cancel ended UNAVAILABLE or without the service saying why (a timeout, an error
+    #: Envoy made): it may end kept or cancelled, but whole.
     EITHER = "either"
 
 
@@ -102,8 +102,8 @@ class Verdict(enum.Enum):
 
     KEPT = "kept"
     CANCELLED = "cancelled"
-    #: Ended where nobody asked it to go: CancelOrder answered that nothing was cancelled, yet
-    #: the points were clawed back (or the order cancelled). Nothing more will happen to it.
+    #: Ended where nobody asked it to go: CancelOrder refused (it changed nothing), yet the
+    #: points were clawed back (or the order cancelled). Nothing more will happen to it.
     DIVERGED = "diverged"
     #: Not at its end yet (or never to get there).
     OPEN = "open"
@@ -343,9 +343,14 @@ class SagaLoad:
             order = await stub.CancelOrder(request, timeout=CALL_TIMEOUT_SECONDS)
         except grpc.aio.AioRpcError as error:
             phase.errors.record("CancelOrder", error)
-            # A service that answers with an ErrorInfo changed nothing (CancelOrder's
-            # contract); a bare status (a timeout, Envoy's own error) leaves it open.
-            saga.expected = Outcome.KEPT if error_reason(error) != "-" else Outcome.EITHER
+            # A refusal (FAILED_PRECONDITION, …) with an ErrorInfo changed nothing. UNAVAILABLE
+            # means "not now": the payment finishes the cancel by itself if the points came
+            # back after all, and drops it otherwise; a bare status (a timeout, Envoy's own
+            # error) leaves it open too. Either way it must end kept or cancelled, whole.
+            refused = (
+                error_reason(error) != "-" and error.code() is not grpc.StatusCode.UNAVAILABLE
+            )
+            saga.expected = Outcome.KEPT if refused else Outcome.EITHER
             return False
         phase.cancel.record(time.perf_counter() - sent)
         if order.status == order_pb.ORDER_STATUS_CANCELLED:

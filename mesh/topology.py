@@ -61,6 +61,7 @@ INTERNAL_METHODS: Final[tuple[str, ...]] = (
     "/phoneseller.payment.v1.PaymentService/Pay",
     "/phoneseller.payment.v1.PaymentService/CancelPayment",
     "/phoneseller.promotion.v1.PromotionService/ClawBackPoints",
+    "/phoneseller.promotion.v1.PromotionService/GetPointGrant",
 )
 
 # What the gateway exposes (documentation and tests; the gateway routes by service prefix,

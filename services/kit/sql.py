@@ -190,3 +190,18 @@ def insert_ignoring_conflicts(table: Table, *index_elements: str, returning: str
         return result
 
     return Statement(build)
+
+
+def upsert(table: Table, *index_elements: str, update: Sequence[str]) -> Statement:
+    """INSERT … ON CONFLICT (index_elements) DO UPDATE SET each of `update` to the new value."""
+
+    def build(dialect: DialectName) -> ClauseElement:
+        construct = sqlite.insert if dialect == "sqlite" else postgresql.insert
+        statement: Any = construct(table).values(_values(table))
+        result: ClauseElement = statement.on_conflict_do_update(
+            index_elements=list(index_elements),
+            set_={name: statement.excluded[name] for name in update},
+        )
+        return result
+
+    return Statement(build)

@@ -10,6 +10,7 @@ from phoneseller.promotion.v1 import promotion_service_pb2_grpc
 from services.kit import clients
 from services.kit.server import Runtime, ServiceDefinition, ServiceParts
 from services.payment.domain import DeclineRule
+from services.payment.finisher import CancellationFinisher
 from services.payment.peers import PromotionClient
 from services.payment.repository import PaymentUnitOfWork, metadata
 from services.payment.servicer import PaymentServicer
@@ -29,7 +30,17 @@ def build(runtime: Runtime) -> ServiceParts:
     def register(server: grpc.aio.Server) -> None:
         payment_service_pb2_grpc.add_PaymentServiceServicer_to_server(servicer, server)
 
-    return ServiceParts(register=register, unit_of_work=unit_of_work, close=[channel.close])
+    finisher = CancellationFinisher(unit_of_work, promotion)
+
+    async def finish_cancellations() -> None:
+        await finisher.run()
+
+    return ServiceParts(
+        register=register,
+        unit_of_work=unit_of_work,
+        background=[finish_cancellations],
+        close=[channel.close],
+    )
 
 
 definition = ServiceDefinition.of("payment", payment_service_pb2, metadata, build)

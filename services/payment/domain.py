@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from google.protobuf.message import Message
@@ -87,3 +87,35 @@ class Payment:
             )
         )
         return result
+
+
+@dataclass(frozen=True)
+class CancellationRequest:
+    """A cancel of a payment that was asked for and has not ended yet.
+
+    Written before the points are clawed back: if the clawback's answer is lost (a timeout, or
+    this process dies), the request tells the finisher to look at the grant later and either
+    finish the cancellation (the points did come back) or drop it (they did not). The payment
+    is never left PAID with its points gone.
+    """
+
+    payment_id: str
+    request_id: str
+    requested_at: datetime
+    attempts: int
+    next_attempt_at: datetime
+
+    #: Answers to a clawback may still arrive this long after it was sent: the mesh's 610 ms
+    #: route timeout, plus the promotion's commit of an attempt it had already taken.
+    GRACE = timedelta(seconds=5)
+    #: How long the finisher waits between attempts at most, when promotion cannot answer.
+    MAX_BACKOFF = timedelta(seconds=30)
+
+    @classmethod
+    def new(cls, payment_id: str, request_id: str, now: datetime) -> CancellationRequest:
+        return cls(payment_id, request_id, now, 0, now + cls.GRACE)
+
+    def postponed(self, now: datetime) -> CancellationRequest:
+        """The request after an attempt that could not reach promotion: back off."""
+        delay = min(timedelta(seconds=2**self.attempts), self.MAX_BACKOFF)
+        return replace(self, attempts=self.attempts + 1, next_attempt_at=now + delay)

@@ -59,8 +59,27 @@ class PromotionClient:
             )
             raise errors.unavailable(
                 "PROMOTION_UNAVAILABLE",
-                "the points system cannot claw back the points now; nothing was cancelled, "
-                "try again shortly",
+                "the points system did not confirm the clawback; the payment is not cancelled, "
+                "try again shortly (had the points come back after all, the cancellation "
+                "completes by itself)",
                 retry_after_seconds=delay,
                 metadata={"payment_id": payment.payment_id, "upstream_code": exc.code().name},
             ) from None
+
+    async def clawed_back(self, payment: Payment) -> bool:
+        try:
+            grant = await self.stub.GetPointGrant(
+                promotion_pb.GetPointGrantRequest(order_id=payment.order_id),
+                timeout=CLAWBACK_DEADLINE_SECONDS,
+                metadata=clients.outgoing_metadata(),
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.NOT_FOUND:
+                return False  # no grant: no clawback took effect (it would have made one)
+            raise errors.unavailable(
+                "PROMOTION_UNAVAILABLE",
+                "the points system cannot say whether the points were clawed back",
+                retry_after_seconds=1.0,
+                metadata={"payment_id": payment.payment_id, "upstream_code": exc.code().name},
+            ) from None
+        return bool(grant.status == promotion_pb.POINT_GRANT_STATUS_REVERSED)

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Integer,
     MetaData,
     String,
     Table,
     bindparam,
+    delete,
     select,
     update,
 )
 
 from services.kit.clock import as_utc
 from services.kit.db import Session
-from services.kit.sql import Row, Statement, insert_ignoring_conflicts
+from services.kit.sql import Row, Statement, insert_ignoring_conflicts, upsert
 from services.kit.uow import ConcurrentUpdateError, Repository, UnitOfWork
-from services.payment.domain import Payment, PaymentStatus
+from services.payment.domain import CancellationRequest, Payment, PaymentStatus
 
 metadata = MetaData()
 
@@ -38,6 +41,17 @@ payments = Table(
     Column("update_time", DateTime(timezone=True), nullable=False),
 )
 
+#: Cancels asked for and not ended yet (domain.CancellationRequest).
+cancellations = Table(
+    "cancellations",
+    metadata,
+    Column("payment_id", String(64), primary_key=True),
+    Column("request_id", String(64), nullable=False),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+)
+
 _GET = Statement(select(payments).where(payments.c.payment_id == bindparam("payment_id")))
 _GET_FOR_UPDATE = Statement(
     select(payments).where(payments.c.payment_id == bindparam("payment_id")).with_for_update()
@@ -53,6 +67,38 @@ _SAVE = Statement(
         payments.c.status == bindparam("expected"),
     )
     .values(status=bindparam("status"), update_time=bindparam("update_time"))
+)
+
+
+# Asked again (a client's retry): the request starts over, and a finisher that read the old
+# one leaves it alone (it deletes only what it read, `requested_at` included).
+_REQUEST_CANCEL = upsert(
+    cancellations,
+    "payment_id",
+    update=("request_id", "requested_at", "attempts", "next_attempt_at"),
+)
+_DUE = Statement(
+    select(cancellations)
+    .where(cancellations.c.next_attempt_at <= bindparam("now"))
+    .order_by(cancellations.c.next_attempt_at)
+    .limit(bindparam("limit"))
+)
+_POSTPONE = Statement(
+    update(cancellations)
+    .where(
+        cancellations.c.payment_id == bindparam("key"),
+        cancellations.c.requested_at == bindparam("requested_at"),
+    )
+    .values(attempts=bindparam("attempts"), next_attempt_at=bindparam("next_attempt_at"))
+)
+_END = Statement(
+    delete(cancellations).where(
+        cancellations.c.payment_id == bindparam("payment_id"),
+        cancellations.c.requested_at == bindparam("requested_at"),
+    )
+)
+_END_ANY = Statement(
+    delete(cancellations).where(cancellations.c.payment_id == bindparam("payment_id"))
 )
 
 
@@ -123,9 +169,60 @@ class PaymentRepository(Repository):
         self._saved(payment)
 
 
+def _cancellation(row: Row) -> CancellationRequest:
+    return CancellationRequest(
+        payment_id=row["payment_id"],
+        request_id=row["request_id"],
+        requested_at=as_utc(row["requested_at"]),
+        attempts=row["attempts"],
+        next_attempt_at=as_utc(row["next_attempt_at"]),
+    )
+
+
+class CancellationRepository(Repository):
+    """Cancels asked for and not ended yet. No events: they only steer the finisher."""
+
+    async def save(self, request: CancellationRequest) -> None:
+        """Record a new request, or replace the payment's earlier one (asked again)."""
+        await self.session.execute(
+            _REQUEST_CANCEL,
+            payment_id=request.payment_id,
+            request_id=request.request_id,
+            requested_at=request.requested_at,
+            attempts=request.attempts,
+            next_attempt_at=request.next_attempt_at,
+        )
+
+    async def postpone(self, request: CancellationRequest) -> None:
+        """Write a postponed request, unless it was asked again meanwhile."""
+        await self.session.execute(
+            _POSTPONE,
+            key=request.payment_id,
+            requested_at=request.requested_at,
+            attempts=request.attempts,
+            next_attempt_at=request.next_attempt_at,
+        )
+
+    async def due(self, now: datetime, limit: int) -> list[CancellationRequest]:
+        return [_cancellation(row) for row in await self.session.rows(_DUE, now=now, limit=limit)]
+
+    async def end(self, request: CancellationRequest) -> bool:
+        """Forget this request (not one asked again since); False if it changed meanwhile."""
+        ended = await self.session.execute(
+            _END, payment_id=request.payment_id, requested_at=request.requested_at
+        )
+        return ended == 1
+
+    async def end_any(self, payment_id: str) -> None:
+        """Forget the payment's request, whichever it is (the cancel is done)."""
+        await self.session.execute(_END_ANY, payment_id=payment_id)
+
+
 class PaymentUnitOfWork(UnitOfWork):
     payments: PaymentRepository
+    cancellations: CancellationRepository
 
     def repositories(self, session: Session) -> Sequence[Repository]:
         self.payments = PaymentRepository(session)
-        return (self.payments,)
+        self.cancellations = CancellationRepository(session)
+        return (self.payments, self.cancellations)

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
+import grpc
+
 from services.kit import errors
-from services.payment.domain import DeclineRule, Payment, PaymentStatus
+from services.kit.clock import utcnow
+from services.payment.domain import CancellationRequest, DeclineRule, Payment, PaymentStatus
 from services.payment.repository import PaymentUnitOfWork
 
 log = logging.getLogger(__name__)
@@ -23,6 +27,9 @@ class PromotionPort(Protocol):
 
     async def claw_back(self, payment: Payment, request_id: str) -> None:
         """Reverse the points the payment earned (idempotent on the order id)."""
+
+    async def clawed_back(self, payment: Payment) -> bool:
+        """Whether the points of the payment's order have been reversed."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +74,10 @@ async def cancel_payment(
 ) -> Payment:
     """Claw the points back, then cancel the payment (the seed's synchronous rule).
 
-    If the points system refuses or cannot answer, nothing is cancelled.
+    The request is recorded first. If the points system refuses, the request is dropped and
+    nothing is cancelled. If it cannot answer, the caller is told to try again shortly; should
+    the clawback have taken effect all the same (its answer lost, or this process gone), the
+    finisher sees the reversed grant and finishes the cancel (`finish_cancellations`).
     """
     payment = await get_payment(uow, payment_id)
     if payment.status is PaymentStatus.CANCELLED:
@@ -79,14 +89,77 @@ async def cancel_payment(
             f"payments/{payment.payment_id}",
             {"payment_id": payment.payment_id},
         )
-    await promotion.claw_back(payment, request_id or f"cancel-{payment.payment_id}")
+    request = CancellationRequest.new(payment_id, request_id or f"cancel-{payment_id}", utcnow())
+    async with uow:
+        await uow.cancellations.save(request)
+        await uow.commit()
+    try:
+        await promotion.claw_back(payment, request.request_id)
+    except errors.ServiceError as exc:
+        if exc.code is grpc.StatusCode.FAILED_PRECONDITION:
+            async with uow:  # refused: there is nothing to finish
+                await uow.cancellations.end(request)
+                await uow.commit()
+        raise
+    return await _finish(uow, payment_id)
+
+
+async def _finish(uow: PaymentUnitOfWork, payment_id: str) -> Payment:
+    """Cancel the payment whose points are back, and forget its request."""
     async with uow:
         current = await uow.payments.get(payment_id, for_update=True)
         assert current is not None, "payments are never deleted"
-        if current.status is PaymentStatus.CANCELLED:
+        await uow.cancellations.end_any(payment_id)
+        if current.status is not PaymentStatus.PAID:
+            await uow.commit()
             return current  # a concurrent cancel finished first
         cancelled = current.cancelled()
         await uow.payments.save(cancelled)
         await uow.commit()
     log.info("payment cancelled", extra={"payment_id": payment_id})
     return cancelled
+
+
+async def finish_cancellations(
+    uow: PaymentUnitOfWork,
+    promotion: PromotionPort,
+    limit: int = 50,
+    now: datetime | None = None,
+) -> int:
+    """Settle the cancel requests whose clawback ended without an answer; returns how many.
+
+    For each request past its grace period: if the order's points were reversed, the cancel
+    is finished (PayCancelled); if not, the request is dropped (the caller was told nothing was
+    done and to try again); if promotion still cannot answer, it is tried again later.
+    """
+    now = now or utcnow()
+    async with uow.reading():
+        due = await uow.cancellations.due(now, limit)
+    settled = 0
+    for request in due:
+        payment = await get_payment(uow, request.payment_id)
+        try:
+            reversed_ = payment.status is PaymentStatus.PAID and await promotion.clawed_back(
+                payment
+            )
+        except errors.ServiceError:
+            async with uow:
+                await uow.cancellations.postpone(request.postponed(now))
+                await uow.commit()
+            continue
+        if reversed_:
+            await _finish(uow, request.payment_id)
+            log.info(
+                "cancellation finished after a lost answer",
+                extra={"payment_id": payment.payment_id},
+            )
+        else:
+            async with uow:
+                await uow.cancellations.end(request)
+                await uow.commit()
+            log.info(
+                "cancellation dropped: its points were not clawed back",
+                extra={"payment_id": payment.payment_id, "status": payment.status.value},
+            )
+        settled += 1
+    return settled

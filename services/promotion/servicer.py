@@ -62,6 +62,14 @@ class PromotionServicer(pb_grpc.PromotionServiceServicer):
         )
         return to_proto(grant)
 
+    async def GetPointGrant(
+        self, request: pb.GetPointGrantRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PointGrant:
+        check = Violations()
+        check.identifier("order_id", request.order_id)
+        check.check()
+        return to_proto(await usecases.point_grant(self.unit_of_work(), request.order_id))
+
     async def GetPointBalance(
         self, request: pb.GetPointBalanceRequest, context: grpc.aio.ServicerContext
     ) -> pb.PointBalance:

@@ -66,6 +66,15 @@ async def _claw_back(uow: PromotionUnitOfWork, order_id: str, customer_id: str) 
     return result
 
 
+async def point_grant(uow: PromotionUnitOfWork, order_id: str) -> PointGrant:
+    """The order's grant (NOT_FOUND while it has none)."""
+    async with uow.reading():
+        grant = await uow.grants.get(order_id)
+    if grant is None:
+        raise errors.not_found("point_grant", order_id)
+    return grant
+
+
 @dataclass(frozen=True)
 class PointBalance:
     customer_id: str

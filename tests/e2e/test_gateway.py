@@ -146,6 +146,7 @@ def test_http_errors_are_json_with_http_codes(stack: LocalStack) -> None:
         "phoneseller.payment.v1.PaymentService/Pay",
         "phoneseller.payment.v1.PaymentService/CancelPayment",
         "phoneseller.promotion.v1.PromotionService/ClawBackPoints",
+        "phoneseller.promotion.v1.PromotionService/GetPointGrant",
     ],
 )
 def test_internal_rpcs_are_refused_at_the_gateway(stack: LocalStack, method: str) -> None:

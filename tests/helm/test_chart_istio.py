@@ -35,6 +35,7 @@ INTERNAL_CALLS = {
     ("order", "/phoneseller.payment.v1.PaymentService/Pay"),
     ("order", "/phoneseller.payment.v1.PaymentService/CancelPayment"),
     ("payment", "/phoneseller.promotion.v1.PromotionService/ClawBackPoints"),
+    ("payment", "/phoneseller.promotion.v1.PromotionService/GetPointGrant"),
 }
 TOOLING_PREFIXES = (
     "/grpc.health.v1.Health/",

@@ -46,6 +46,7 @@ RPCS: dict[str, tuple[str, str, str] | None] = {
     ),
     "phoneseller.payment.v1.PaymentService.CancelPayment": None,
     "phoneseller.promotion.v1.PromotionService.ClawBackPoints": None,
+    "phoneseller.promotion.v1.PromotionService.GetPointGrant": None,
     "phoneseller.promotion.v1.PromotionService.GetPointBalance": (
         "get",
         "/v1/customers/{customer_id}/points",

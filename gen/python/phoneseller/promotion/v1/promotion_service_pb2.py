@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0phoneseller/promotion/v1/promotion_service.proto\x12\x18phoneseller.promotion.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"R\n\x15\x43lawBackPointsRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"-\n\x16GetPointBalanceRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"\xa0\x01\n\nPointGrant\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x16\n\x0epoints_granted\x18\x03 \x01(\x03\x12\x17\n\x0fpoints_reversed\x18\x04 \x01(\x03\x12:\n\x06status\x18\x05 \x01(\x0e\x32*.phoneseller.promotion.v1.PointGrantStatus\"l\n\x0cPointBalance\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12\x36\n\x07\x65ntries\x18\x03 \x03(\x0b\x32%.phoneseller.promotion.v1.LedgerEntry\"\xab\x01\n\x0bLedgerEntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x37\n\x04kind\x18\x03 \x01(\x0e\x32).phoneseller.promotion.v1.LedgerEntryKind\x12\x0e\n\x06points\x18\x04 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*w\n\x10PointGrantStatus\x12\"\n\x1ePOINT_GRANT_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPOINT_GRANT_STATUS_GRANTED\x10\x01\x12\x1f\n\x1bPOINT_GRANT_STATUS_REVERSED\x10\x02*q\n\x0fLedgerEntryKind\x12!\n\x1dLEDGER_ENTRY_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17LEDGER_ENTRY_KIND_GRANT\x10\x01\x12\x1e\n\x1aLEDGER_ENTRY_KIND_REVERSAL\x10\x02\x32\x95\x02\n\x10PromotionService\x12g\n\x0e\x43lawBackPoints\x12/.phoneseller.promotion.v1.ClawBackPointsRequest\x1a$.phoneseller.promotion.v1.PointGrant\x12\x97\x01\n\x0fGetPointBalance\x12\x30.phoneseller.promotion.v1.GetPointBalanceRequest\x1a&.phoneseller.promotion.v1.PointBalance\"*\x82\xd3\xe4\x93\x02$\x12\"/v1/customers/{customer_id}/pointsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0phoneseller/promotion/v1/promotion_service.proto\x12\x18phoneseller.promotion.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"R\n\x15\x43lawBackPointsRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"(\n\x14GetPointGrantRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"-\n\x16GetPointBalanceRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"\xa0\x01\n\nPointGrant\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x16\n\x0epoints_granted\x18\x03 \x01(\x03\x12\x17\n\x0fpoints_reversed\x18\x04 \x01(\x03\x12:\n\x06status\x18\x05 \x01(\x0e\x32*.phoneseller.promotion.v1.PointGrantStatus\"l\n\x0cPointBalance\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12\x36\n\x07\x65ntries\x18\x03 \x03(\x0b\x32%.phoneseller.promotion.v1.LedgerEntry\"\xab\x01\n\x0bLedgerEntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x37\n\x04kind\x18\x03 \x01(\x0e\x32).phoneseller.promotion.v1.LedgerEntryKind\x12\x0e\n\x06points\x18\x04 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*w\n\x10PointGrantStatus\x12\"\n\x1ePOINT_GRANT_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPOINT_GRANT_STATUS_GRANTED\x10\x01\x12\x1f\n\x1bPOINT_GRANT_STATUS_REVERSED\x10\x02*q\n\x0fLedgerEntryKind\x12!\n\x1dLEDGER_ENTRY_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17LEDGER_ENTRY_KIND_GRANT\x10\x01\x12\x1e\n\x1aLEDGER_ENTRY_KIND_REVERSAL\x10\x02\x32\xfc\x02\n\x10PromotionService\x12g\n\x0e\x43lawBackPoints\x12/.phoneseller.promotion.v1.ClawBackPointsRequest\x1a$.phoneseller.promotion.v1.PointGrant\x12\x65\n\rGetPointGrant\x12..phoneseller.promotion.v1.GetPointGrantRequest\x1a$.phoneseller.promotion.v1.PointGrant\x12\x97\x01\n\x0fGetPointBalance\x12\x30.phoneseller.promotion.v1.GetPointBalanceRequest\x1a&.phoneseller.promotion.v1.PointBalance\"*\x82\xd3\xe4\x93\x02$\x12\"/v1/customers/{customer_id}/pointsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,20 +35,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROMOTIONSERVICE'].methods_by_name['GetPointBalance']._loaded_options = None
   _globals['_PROMOTIONSERVICE'].methods_by_name['GetPointBalance']._serialized_options = b'\202\323\344\223\002$\022\"/v1/customers/{customer_id}/points'
-  _globals['_POINTGRANTSTATUS']._serialized_start=719
-  _globals['_POINTGRANTSTATUS']._serialized_end=838
-  _globals['_LEDGERENTRYKIND']._serialized_start=840
-  _globals['_LEDGERENTRYKIND']._serialized_end=953
+  _globals['_POINTGRANTSTATUS']._serialized_start=761
+  _globals['_POINTGRANTSTATUS']._serialized_end=880
+  _globals['_LEDGERENTRYKIND']._serialized_start=882
+  _globals['_LEDGERENTRYKIND']._serialized_end=995
   _globals['_CLAWBACKPOINTSREQUEST']._serialized_start=141
   _globals['_CLAWBACKPOINTSREQUEST']._serialized_end=223
-  _globals['_GETPOINTBALANCEREQUEST']._serialized_start=225
-  _globals['_GETPOINTBALANCEREQUEST']._serialized_end=270
-  _globals['_POINTGRANT']._serialized_start=273
-  _globals['_POINTGRANT']._serialized_end=433
-  _globals['_POINTBALANCE']._serialized_start=435
-  _globals['_POINTBALANCE']._serialized_end=543
-  _globals['_LEDGERENTRY']._serialized_start=546
-  _globals['_LEDGERENTRY']._serialized_end=717
-  _globals['_PROMOTIONSERVICE']._serialized_start=956
-  _globals['_PROMOTIONSERVICE']._serialized_end=1233
+  _globals['_GETPOINTGRANTREQUEST']._serialized_start=225
+  _globals['_GETPOINTGRANTREQUEST']._serialized_end=265
+  _globals['_GETPOINTBALANCEREQUEST']._serialized_start=267
+  _globals['_GETPOINTBALANCEREQUEST']._serialized_end=312
+  _globals['_POINTGRANT']._serialized_start=315
+  _globals['_POINTGRANT']._serialized_end=475
+  _globals['_POINTBALANCE']._serialized_start=477
+  _globals['_POINTBALANCE']._serialized_end=585
+  _globals['_LEDGERENTRY']._serialized_start=588
+  _globals['_LEDGERENTRY']._serialized_end=759
+  _globals['_PROMOTIONSERVICE']._serialized_start=998
+  _globals['_PROMOTIONSERVICE']._serialized_end=1378
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,12 @@ class ClawBackPointsRequest(_message.Message):
     request_id: str
     def __init__(self, order_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
+class GetPointGrantRequest(_message.Message):
+    __slots__ = ("order_id",)
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    def __init__(self, order_id: _Optional[str] = ...) -> None: ...
+
 class GetPointBalanceRequest(_message.Message):
     __slots__ = ("customer_id",)
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]

@@ -29,8 +29,9 @@ class PromotionServiceStub:
     """PromotionService keeps the payback points: it grants points for every approved payment
     (asynchronously, from PayCompleted events) and keeps a ledger per customer. Each grant
     is a ledger entry and each clawback a reversal entry, so a cancelled order nets to zero
-    and a balance never goes negative. ClawBackPoints is internal, called only by the
-    payment service through the mesh, and has no HTTP route; GetPointBalance is public.
+    and a balance never goes negative. ClawBackPoints and GetPointGrant are internal, called
+    only by the payment service through the mesh, and have no HTTP route; GetPointBalance is
+    public.
     Errors carry a google.rpc.ErrorInfo detail, plus a google.rpc.BadRequest detail for
     invalid fields.
     """
@@ -46,6 +47,11 @@ class PromotionServiceStub:
                 request_serializer=phoneseller_dot_promotion_dot_v1_dot_promotion__service__pb2.ClawBackPointsRequest.SerializeToString,
                 response_deserializer=phoneseller_dot_promotion_dot_v1_dot_promotion__service__pb2.PointGrant.FromString,
                 _registered_method=True)
+        self.GetPointGrant = channel.unary_unary(
+                '/phoneseller.promotion.v1.PromotionService/GetPointGrant',
+                request_serializer=phoneseller_dot_promotion_dot_v1_dot_promotion__service__pb2.GetPointGrantRequest.SerializeToString,
+                response_deserializer=phoneseller_dot_promotion_dot_v1_dot_promotion__service__pb2.PointGrant.FromString,
+                _registered_method=True)
         self.GetPointBalance = channel.unary_unary(
                 '/phoneseller.promotion.v1.PromotionService/GetPointBalance',
                 request_serializer=phoneseller_dot_promotion_dot_v1_dot_promotion__service__pb2.GetPointBalanceRequest.SerializeToString,
@@ -57,8 +63,9 @@ class PromotionServiceServicer:
     """PromotionService keeps the payback points: it grants points for every approved payment
     (asynchronously, from PayCompleted events) and keeps a ledger per customer. Each grant
     is a ledger entry and each clawback a reversal entry, so a cancelled order nets to zero
-    and a balance never goes negative. ClawBackPoints is internal, called only by the
-    payment service through the mesh, and has no HTTP route; GetPointBalance is public.
+    and a balance never goes negative. ClawBackPoints and GetPointGrant are internal, called
+    only by the payment service through the mesh, and have no HTTP route; GetPointBalance is
+    public.
     Errors carry a google.rpc.ErrorInfo detail, plus a google.rpc.BadRequest detail for
     invalid fields.
     """
@@ -70,6 +77,17 @@ class PromotionServiceServicer:
         POINT_GRANT_STATUS_REVERSED and points_granted 0. Idempotent on order_id: a second
         call for the same order returns the same grant and reverses nothing more. Internal:
         called by the payment service only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPointGrant(self, request, context):
+        """GetPointGrant returns the grant of one order. The payment service asks it when a
+        ClawBackPoints call ended without an answer (a timeout): the grant's status says whether
+        the clawback took effect, so the payment's cancellation is finished or dropped, never
+        left half-done. NOT_FOUND while the order has no grant. Internal: called by the payment
+        service only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -91,6 +109,11 @@ def add_PromotionServiceServicer_to_server(servicer, server):
                     request_deserializer=phoneseller_dot_promotion_dot_v1_dot_promotion__service__pb2.ClawBackPointsRequest.FromString,
                     response_serializer=phoneseller_dot_promotion_dot_v1_dot_promotion__service__pb2.PointGrant.SerializeToString,
             ),
+            'GetPointGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPointGrant,
+                    request_deserializer=phoneseller_dot_promotion_dot_v1_dot_promotion__service__pb2.GetPointGrantRequest.FromString,
+                    response_serializer=phoneseller_dot_promotion_dot_v1_dot_promotion__service__pb2.PointGrant.SerializeToString,
+            ),
             'GetPointBalance': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPointBalance,
                     request_deserializer=phoneseller_dot_promotion_dot_v1_dot_promotion__service__pb2.GetPointBalanceRequest.FromString,
@@ -108,8 +131,9 @@ class PromotionService:
     """PromotionService keeps the payback points: it grants points for every approved payment
     (asynchronously, from PayCompleted events) and keeps a ledger per customer. Each grant
     is a ledger entry and each clawback a reversal entry, so a cancelled order nets to zero
-    and a balance never goes negative. ClawBackPoints is internal, called only by the
-    payment service through the mesh, and has no HTTP route; GetPointBalance is public.
+    and a balance never goes negative. ClawBackPoints and GetPointGrant are internal, called
+    only by the payment service through the mesh, and have no HTTP route; GetPointBalance is
+    public.
     Errors carry a google.rpc.ErrorInfo detail, plus a google.rpc.BadRequest detail for
     invalid fields.
     """
@@ -130,6 +154,33 @@ class PromotionService:
             target,
             '/phoneseller.promotion.v1.PromotionService/ClawBackPoints',
             phoneseller_dot_promotion_dot_v1_dot_promotion__service__pb2.ClawBackPointsRequest.SerializeToString,
+            phoneseller_dot_promotion_dot_v1_dot_promotion__service__pb2.PointGrant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPointGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/phoneseller.promotion.v1.PromotionService/GetPointGrant',
+            phoneseller_dot_promotion_dot_v1_dot_promotion__service__pb2.GetPointGrantRequest.SerializeToString,
             phoneseller_dot_promotion_dot_v1_dot_promotion__service__pb2.PointGrant.FromString,
             options,
             channel_credentials,

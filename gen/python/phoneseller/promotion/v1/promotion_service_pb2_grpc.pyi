@@ -30,8 +30,9 @@ class PromotionServiceStub:
     """PromotionService keeps the payback points: it grants points for every approved payment
     (asynchronously, from PayCompleted events) and keeps a ledger per customer. Each grant
     is a ledger entry and each clawback a reversal entry, so a cancelled order nets to zero
-    and a balance never goes negative. ClawBackPoints is internal, called only by the
-    payment service through the mesh, and has no HTTP route; GetPointBalance is public.
+    and a balance never goes negative. ClawBackPoints and GetPointGrant are internal, called
+    only by the payment service through the mesh, and have no HTTP route; GetPointBalance is
+    public.
     Errors carry a google.rpc.ErrorInfo detail, plus a google.rpc.BadRequest detail for
     invalid fields.
     """
@@ -48,6 +49,13 @@ class PromotionServiceStub:
     call for the same order returns the same grant and reverses nothing more. Internal:
     called by the payment service only.
     """
+    GetPointGrant: _grpc.UnaryUnaryMultiCallable[_promotion_service_pb2.GetPointGrantRequest, _promotion_service_pb2.PointGrant]
+    """GetPointGrant returns the grant of one order. The payment service asks it when a
+    ClawBackPoints call ended without an answer (a timeout): the grant's status says whether
+    the clawback took effect, so the payment's cancellation is finished or dropped, never
+    left half-done. NOT_FOUND while the order has no grant. Internal: called by the payment
+    service only.
+    """
     GetPointBalance: _grpc.UnaryUnaryMultiCallable[_promotion_service_pb2.GetPointBalanceRequest, _promotion_service_pb2.PointBalance]
     """GetPointBalance returns a customer's point balance and ledger. A customer without
     any entry has balance 0 and no entries; this is not an error.
@@ -58,8 +66,9 @@ class PromotionServiceAsyncStub(PromotionServiceStub):
     """PromotionService keeps the payback points: it grants points for every approved payment
     (asynchronously, from PayCompleted events) and keeps a ledger per customer. Each grant
     is a ledger entry and each clawback a reversal entry, so a cancelled order nets to zero
-    and a balance never goes negative. ClawBackPoints is internal, called only by the
-    payment service through the mesh, and has no HTTP route; GetPointBalance is public.
+    and a balance never goes negative. ClawBackPoints and GetPointGrant are internal, called
+    only by the payment service through the mesh, and have no HTTP route; GetPointBalance is
+    public.
     Errors carry a google.rpc.ErrorInfo detail, plus a google.rpc.BadRequest detail for
     invalid fields.
     """
@@ -73,6 +82,13 @@ class PromotionServiceAsyncStub(PromotionServiceStub):
     call for the same order returns the same grant and reverses nothing more. Internal:
     called by the payment service only.
     """
+    GetPointGrant: _aio.UnaryUnaryMultiCallable[_promotion_service_pb2.GetPointGrantRequest, _promotion_service_pb2.PointGrant]  # type: ignore[assignment]
+    """GetPointGrant returns the grant of one order. The payment service asks it when a
+    ClawBackPoints call ended without an answer (a timeout): the grant's status says whether
+    the clawback took effect, so the payment's cancellation is finished or dropped, never
+    left half-done. NOT_FOUND while the order has no grant. Internal: called by the payment
+    service only.
+    """
     GetPointBalance: _aio.UnaryUnaryMultiCallable[_promotion_service_pb2.GetPointBalanceRequest, _promotion_service_pb2.PointBalance]  # type: ignore[assignment]
     """GetPointBalance returns a customer's point balance and ledger. A customer without
     any entry has balance 0 and no entries; this is not an error.
@@ -82,8 +98,9 @@ class PromotionServiceServicer(metaclass=_abc_1.ABCMeta):
     """PromotionService keeps the payback points: it grants points for every approved payment
     (asynchronously, from PayCompleted events) and keeps a ledger per customer. Each grant
     is a ledger entry and each clawback a reversal entry, so a cancelled order nets to zero
-    and a balance never goes negative. ClawBackPoints is internal, called only by the
-    payment service through the mesh, and has no HTTP route; GetPointBalance is public.
+    and a balance never goes negative. ClawBackPoints and GetPointGrant are internal, called
+    only by the payment service through the mesh, and have no HTTP route; GetPointBalance is
+    public.
     Errors carry a google.rpc.ErrorInfo detail, plus a google.rpc.BadRequest detail for
     invalid fields.
     """
@@ -100,6 +117,19 @@ class PromotionServiceServicer(metaclass=_abc_1.ABCMeta):
         POINT_GRANT_STATUS_REVERSED and points_granted 0. Idempotent on order_id: a second
         call for the same order returns the same grant and reverses nothing more. Internal:
         called by the payment service only.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPointGrant(
+        self,
+        request: _promotion_service_pb2.GetPointGrantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_promotion_service_pb2.PointGrant, _abc.Awaitable[_promotion_service_pb2.PointGrant]]:
+        """GetPointGrant returns the grant of one order. The payment service asks it when a
+        ClawBackPoints call ended without an answer (a timeout): the grant's status says whether
+        the clawback took effect, so the payment's cancellation is finished or dropped, never
+        left half-done. NOT_FOUND while the order has no grant. Internal: called by the payment
+        service only.
         """
 
     @_abc_1.abstractmethod
