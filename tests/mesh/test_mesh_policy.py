@@ -62,8 +62,8 @@ def test_values_load_with_the_numbers_of_the_chart(policy: MeshPolicy) -> None:
     assert claw.name == "claw-back-points"
     assert claw.timeout == Duration.of_millis(610)
     assert claw.retries == Retries(
-        attempts=2,
-        per_try_timeout=Duration.of_millis(200),
+        attempts=1,
+        per_try_timeout=Duration.of_millis(300),
         retry_on="unavailable,cancelled,connect-failure,refused-stream,reset,deadline-exceeded",
     )
     default = promo.route_for("GetPointBalance")
