@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from google.protobuf.message import Message
@@ -22,7 +22,7 @@ from phoneseller.payment.v1 import events_pb2 as payment_events
 from phoneseller.promotion.v1 import events_pb2 as promotion_events
 from phoneseller.store.v1 import events_pb2 as store_events
 
-from services.kit.events import EventTypes
+from services.kit.events import EventTypes, utc_datetime
 
 #: Every event the view consumes.
 EVENT_TYPES = EventTypes(
@@ -162,40 +162,44 @@ def fact_from_event(event: Message) -> Fact:
     if name not in EVENT_TYPES:
         raise InvalidEventError(f"the customer view does not consume {name}")
     # Every event starts with event_id, occurred_at, order_id and customer_id.
-    envelope: Any = event
-    if not envelope.event_id or not envelope.order_id or not event.HasField("occurred_at"):
+    common: Any = event
+    if not common.event_id or not common.order_id or not event.HasField("occurred_at"):
         raise InvalidEventError(f"{name} needs event_id, order_id and occurred_at")
-    fact = Fact(
-        event_id=envelope.event_id,
-        event_type=EventType(event.DESCRIPTOR.name),
-        occurred_at=envelope.occurred_at.ToDatetime(tzinfo=UTC),
-        order_id=envelope.order_id,
-        customer_id=envelope.customer_id,
-    )
+    details: dict[str, Any]
     match event:
         case order_events.Ordered():
-            return replace(
-                fact,
-                item=event.item,
-                quantity=event.quantity,
-                unit_price=event.unit_price,
-                amount=event.amount,
-            )
+            details = {
+                "item": event.item,
+                "quantity": event.quantity,
+                "unit_price": event.unit_price,
+                "amount": event.amount,
+            }
         case order_events.OrderCancelled():
-            return replace(fact, reason=event.reason)
+            details = {"reason": event.reason}
         case payment_events.PayCompleted() | payment_events.PayCancelled():
-            return replace(fact, payment_id=event.payment_id, amount=event.amount)
+            details = {"payment_id": event.payment_id, "amount": event.amount}
         case payment_events.PayDeclined():
-            return replace(
-                fact, payment_id=event.payment_id, amount=event.amount, reason=event.reason
-            )
+            details = {
+                "payment_id": event.payment_id,
+                "amount": event.amount,
+                "reason": event.reason,
+            }
         case promotion_events.PromoCompleted():
-            return replace(fact, points=event.points)
+            details = {"points": event.points}
         case promotion_events.PromoCancelled():
-            return replace(fact, points=event.points_reversed)
+            details = {"points": event.points_reversed}
         case store_events.Shipped():
-            return replace(fact, item=event.item, quantity=event.quantity)
-    raise InvalidEventError(f"the customer view does not consume {name}")  # pragma: no cover
+            details = {"item": event.item, "quantity": event.quantity}
+        case _:  # pragma: no cover - EVENT_TYPES lists exactly the cases above
+            raise InvalidEventError(f"the customer view does not consume {name}")
+    return Fact(
+        event_id=common.event_id,
+        event_type=EventType(event.DESCRIPTOR.name),
+        occurred_at=utc_datetime(common.occurred_at),
+        order_id=common.order_id,
+        customer_id=common.customer_id,
+        **details,
+    )
 
 
 def distinct(facts: Iterable[Fact]) -> list[Fact]:

@@ -17,8 +17,11 @@ def as_utc(value: datetime) -> datetime:
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:
+    """The protobuf Timestamp of a datetime (naive ones are UTC), to the microsecond.
+
+    Built from the epoch seconds rather than with Timestamp.FromDatetime, whose calendar
+    arithmetic runs in Python: every response carries two or more of these.
+    """
     if value is None:
         return None
-    result = Timestamp()
-    result.FromDatetime(as_utc(value))
-    return result
+    return Timestamp(seconds=int(as_utc(value).timestamp()), nanos=value.microsecond * 1000)

@@ -16,9 +16,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from nats.js.api import PubAck
 from sqlalchemy import bindparam, delete, select
 
+from services.kit.bus import Published
 from services.kit.events import Envelope
 from services.kit.sql import Statement
 from services.kit.tables import outbox
@@ -100,38 +100,21 @@ class OutboxRelay:
             rows = await uow.session.rows(_PENDING, limit=self.batch_size)
         if not rows:
             return 0
-        acks = await self._publish_all([Envelope.from_outbox_row(row) for row in rows])
+        acks = await self.bus.publish_all(
+            [Envelope.from_outbox_row(row) for row in rows], self.publish_timeout
+        )
         sent = [
             {"event_id": row["event_id"]}
             for row, ack in zip(rows, acks, strict=True)
-            if isinstance(ack, PubAck)
+            if isinstance(ack, Published)
         ]
         if sent:
             async with UnitOfWork(self.database) as uow:
                 await uow.session.execute_many(_SENT, sent)
                 await uow.commit()
-        failures = [ack for ack in acks if not isinstance(ack, PubAck)]
-        self.published += sum(1 for ack in acks if isinstance(ack, PubAck) and not ack.duplicate)
-        self.duplicates += sum(1 for ack in acks if isinstance(ack, PubAck) and ack.duplicate)
+        failures = [ack for ack in acks if not isinstance(ack, Published)]
+        self.published += sum(1 for ack in acks if isinstance(ack, Published) and not ack.duplicate)
+        self.duplicates += sum(1 for ack in acks if isinstance(ack, Published) and ack.duplicate)
         if failures:
             raise RuntimeError(f"{len(failures)} of {len(acks)} publishes failed: {failures[0]!r}")
         return len(sent)
-
-    async def _publish_all(self, envelopes: list[Envelope]) -> list[PubAck | BaseException]:
-        """Publish all at once and wait for the acks together (one wait, not one per event)."""
-        js = self.bus.jetstream
-        futures = [
-            await js.publish_async(e.subject, e.payload, headers=e.headers()) for e in envelopes
-        ]
-        _, pending = await asyncio.wait(futures, timeout=self.publish_timeout)
-        for future in pending:
-            future.cancel()
-        results: list[PubAck | BaseException] = []
-        for future in futures:
-            if future.cancelled():
-                results.append(TimeoutError("no acknowledgement from JetStream in time"))
-            elif (error := future.exception()) is not None:
-                results.append(error)
-            else:
-                results.append(future.result())
-        return results

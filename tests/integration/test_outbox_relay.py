@@ -15,7 +15,7 @@ from phoneseller.order.v1 import events_pb2
 
 from services.kit import tables
 from services.kit.db import Database
-from services.kit.events import Envelope, new_event
+from services.kit.events import Envelope, EventTypes, envelope_for, new_event
 from services.kit.sql import insert_row
 from tests.support.announcements import Announcement, AnnouncingUnitOfWork
 from tests.support.jetstream import stream_count, stream_messages
@@ -138,7 +138,11 @@ async def test_every_event_published_once_while_the_relay_is_killed(
     # A relay that died after publishing and before deleting finds its rows again: put the
     # last 500 published events back (the newest, well inside JetStream's duplicate window)
     # and their republished copies are refused.
-    again = [Envelope.from_message(m.subject, m.headers, m.data) for m in messages[-500:]]
+    ordered = EventTypes([events_pb2.Ordered])
+    again = [
+        envelope_for(ordered.decode(Envelope.from_message(m.subject, m.headers, m.data)))
+        for m in messages[-500:]
+    ]
     async with AnnouncingUnitOfWork(database) as uow:
         await uow.session.execute_many(insert_row(tables.outbox), [e.outbox_row() for e in again])
         await uow.commit()
