@@ -347,9 +347,7 @@ class SagaLoad:
             # means "not now": the payment finishes the cancel by itself if the points came
             # back after all, and drops it otherwise; a bare status (a timeout, Envoy's own
             # error) leaves it open too. Either way it must end kept or cancelled, whole.
-            refused = (
-                error_reason(error) != "-" and error.code() is not grpc.StatusCode.UNAVAILABLE
-            )
+            refused = error_reason(error) != "-" and error.code() is not grpc.StatusCode.UNAVAILABLE
             saga.expected = Outcome.KEPT if refused else Outcome.EITHER
             return False
         phase.cancel.record(time.perf_counter() - sent)
