@@ -28,6 +28,9 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
+import secrets
+import socket
 import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -247,6 +250,8 @@ class Database:
         self.outbox_written = asyncio.Event()
         #: Sees every statement of every session (None: nobody looks, and it costs nothing).
         self.observer: StatementObserver | None = None
+        #: This process among those writing the same database (outbox rows say who wrote them).
+        self.writer_id = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
 
     @property
     def backend(self) -> DialectName:

@@ -91,9 +91,10 @@ class Envelope:
             headers[TRACEPARENT] = self.traceparent
         return headers
 
-    def outbox_row(self) -> dict[str, object]:
-        """The envelope as a row of the outbox table."""
+    def outbox_row(self, writer: str) -> dict[str, object]:
+        """The envelope as a row of the outbox table, written by the process `writer`."""
         return {
+            "writer": writer,
             "event_id": self.event_id,
             "event_type": self.event_type,
             "subject": self.subject,

@@ -5,7 +5,11 @@ The relay reads pending rows in commit order, publishes a whole batch to JetStre
 one unit of work, so the table only ever holds what is still to be sent. A relay killed
 between publishing and deleting republishes the same rows when it starts again; each carries
 `Nats-Msg-Id` = event id, so JetStream refuses the copies within its duplicate window.
-Replicas sharing a database may run relays side by side for the same reason.
+
+Replicas sharing a database each run a relay. A relay publishes the rows its own process
+wrote at once and another process's only once they are overdue (that process is gone, or its
+relay is stuck): two relays publishing every row twice cost twice as much for nothing, while
+a dead replica's events must still go out.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import bindparam, delete, or_, select
 
 from services.kit.bus import Published
 from services.kit.events import Envelope
@@ -30,7 +35,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_PENDING = Statement(select(outbox).order_by(outbox.c.seq).limit(bindparam("limit")))
+_PENDING = Statement(
+    select(outbox)
+    .where(or_(outbox.c.writer == bindparam("writer"), outbox.c.occurred_at < bindparam("overdue")))
+    .order_by(outbox.c.seq)
+    .limit(bindparam("limit"))
+)
 # By event id, not seq: SQLite may give a freed seq to a new row, and a second relay (another
 # replica) deleting what it sent must never take a row it did not send.
 _SENT = Statement(delete(outbox).where(outbox.c.event_id == bindparam("event_id")))
@@ -47,6 +57,7 @@ class OutboxRelay:
         batch_size: int = 512,
         idle_poll_seconds: float = 0.5,
         publish_timeout: float = 5.0,
+        overdue_seconds: float = 2.0,
         on_health: Callable[[bool], Awaitable[None]] | None = None,
     ) -> None:
         self.database = database
@@ -54,6 +65,8 @@ class OutboxRelay:
         self.batch_size = batch_size
         self.idle_poll_seconds = idle_poll_seconds
         self.publish_timeout = publish_timeout
+        #: Another writer's rows are this process's to publish once they are this old.
+        self.overdue = timedelta(seconds=overdue_seconds)
         self._on_health = on_health
         self.published = 0
         self.duplicates = 0
@@ -97,7 +110,12 @@ class OutboxRelay:
     async def relay_once(self) -> int:
         """Publish one batch of pending events; returns how many were sent."""
         async with UnitOfWork(self.database).reading() as uow:
-            rows = await uow.session.rows(_PENDING, limit=self.batch_size)
+            rows = await uow.session.rows(
+                _PENDING,
+                writer=self.database.writer_id,
+                overdue=datetime.now(UTC) - self.overdue,
+                limit=self.batch_size,
+            )
         if not rows:
             return 0
         acks = await self.bus.publish_all(

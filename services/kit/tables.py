@@ -22,6 +22,8 @@ _Sequence = BigInteger().with_variant(Integer(), "sqlite")
 
 #: Events committed with the changes that caused them, waiting to be published. The relay
 #: deletes a row once JetStream has acknowledged it, so the table holds only what is pending.
+#: `writer` names the process that committed the row: its own relay publishes it at once, the
+#: relays of other processes on the same database (replicas) only once it is overdue.
 outbox = Table(
     "outbox",
     metadata,
@@ -34,6 +36,7 @@ outbox = Table(
     Column("occurred_at", DateTime(timezone=True), nullable=False),
     Column("traceparent", String(64), nullable=False),
     Column("payload", LargeBinary, nullable=False),
+    Column("writer", String(64), nullable=False),
 )
 
 #: Ids of events this service has handled, written in the handler's transaction. A row is

@@ -136,8 +136,9 @@ class UnitOfWork:
             raise RuntimeError("unit of work used outside its `async with` block")
         envelopes = [envelope_for(event) for event in self.collect_new_events()]
         if envelopes:
+            writer = self.database.writer_id
             await transaction.session.execute_many(
-                _INSERT_OUTBOX, [envelope.outbox_row() for envelope in envelopes]
+                _INSERT_OUTBOX, [envelope.outbox_row(writer) for envelope in envelopes]
             )
             transaction.wrote_events()
         self.committed = True

@@ -144,7 +144,9 @@ async def test_every_event_published_once_while_the_relay_is_killed(
         for m in messages[-500:]
     ]
     async with AnnouncingUnitOfWork(database) as uow:
-        await uow.session.execute_many(insert_row(tables.outbox), [e.outbox_row() for e in again])
+        await uow.session.execute_many(
+            insert_row(tables.outbox), [e.outbox_row(database.writer_id) for e in again]
+        )
         await uow.commit()
     relay.start()
     await eventually(
