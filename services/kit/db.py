@@ -645,15 +645,19 @@ class _PostgresTransaction(Transaction):
     async def begin(self) -> None:
         with _postgres_errors():
             connection = await self.pool.acquire()
-            try:
-                transaction = connection.transaction(
-                    isolation="repeatable_read" if self.read_only else "read_committed",
-                    readonly=self.read_only,
-                )
-                await transaction.start()
-            except BaseException:
-                await self.pool.release(connection)
-                raise
+            # A reader runs its statements as they come, each on the latest committed data:
+            # BEGIN and COMMIT would be two more round trips for every read. (The one read of
+            # two statements, the customer view's history, may then show an event in a
+            # timeline a moment before the order's row reflects it: the view is eventually
+            # consistent anyway.)
+            transaction = None
+            if not self.read_only:
+                try:
+                    transaction = connection.transaction()
+                    await transaction.start()
+                except BaseException:
+                    await self.pool.release(connection)
+                    raise
         self._connection, self._transaction = connection, transaction
         self.session = _PostgresSession(connection)
         self.session.observer = self.observer
@@ -664,7 +668,9 @@ class _PostgresTransaction(Transaction):
             return
         try:
             with _postgres_errors():
-                if commit:
+                if self._transaction is None:
+                    pass  # a reader: nothing to end
+                elif commit:
                     await self._transaction.commit()
                 else:
                     await self._transaction.rollback()
