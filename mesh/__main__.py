@@ -72,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
             action="append",
             default=None,
             metavar="SVC=PORT",
-            help="client-side listener per called service (default payment=15052, promotion=15053)",
+            help="client-side listener per called service (default: 15000 + port - 50000 of each "
+            "service that others call, e.g. payment=15052)",
         )
         s.add_argument("--inbound-base-port", type=int, default=DEFAULT_INBOUND_BASE_PORT)
         s.add_argument(

@@ -225,33 +225,53 @@ def _route_action(service: str, via: Via, route: Route) -> Json:
     return action
 
 
-def _served_routes(dest: Destination, service_full_name: str, via: Via) -> list[tuple[Route, Json]]:
+def _served_routes(
+    dest: Destination,
+    service_full_name: str,
+    via: Via,
+    public: Sequence[str] = (),
+) -> list[tuple[Route, Json]]:
     """The routes of `dest` a listener serves, each with its match, in order.
 
-    The gateway refuses the internal methods before any service route, so their routes would
-    never match there; they are left out (and so are the clusters only they would use).
+    A sidecar serves the destination's routes as the values write them. The gateway is an
+    allow-list: one exact route per public method (`public`), with the policy of the route that
+    serves that method; every other method falls through to the gateway's refusal, and the
+    clusters only internal methods would use are left out.
     """
-    refused = INTERNAL_METHODS if via == "gateway" else ()
-    default_prefix = f"/{service_full_name}/" if via == "gateway" else "/"
-    out: list[tuple[Route, Json]] = []
+    if via == "gateway":
+        out: list[tuple[Route, Json]] = []
+        for method in public:
+            route = dest.route_for(method)
+            if route is None:
+                raise RenderError(f"mesh.destinations.{dest.name}: no route serves {method}")
+            match = {"path": f"/{service_full_name}/{method}", "case_sensitive": True}
+            out.append((route, match))
+        return out
+    out = []
     for r in dest.routes:
         if r.is_default:
-            out.append((r, {"prefix": default_prefix}))
+            out.append((r, {"prefix": "/"}))
             continue
         for m in r.methods:
-            path = f"/{service_full_name}/{m}"
-            if path not in refused:
-                out.append((r, {"path": path, "case_sensitive": True}))
+            out.append((r, {"path": f"/{service_full_name}/{m}", "case_sensitive": True}))
     return out
 
 
 def _policy_routes(
-    dest: Destination, service_full_name: str, via: Via, *, fault: Fault | None
+    dest: Destination,
+    service_full_name: str,
+    via: Via,
+    *,
+    fault: Fault | None,
+    public: Sequence[str] = (),
 ) -> list[Json]:
     out: list[Json] = []
-    for r, match in _served_routes(dest, service_full_name, via):
+    for r, match in _served_routes(dest, service_full_name, via, public):
+        name = f"{dest.name}.{r.name}"
+        if via == "gateway":
+            name = f"{dest.name}.{match['path'].rpartition('/')[2]}"
         entry: Json = {
-            "name": f"{dest.name}.{r.name}",
+            "name": name,
             "match": match,
             "route": _route_action(dest.name, via, r),
         }
@@ -570,11 +590,44 @@ def _gateway_listener(
         full = topo.grpc_services.get(name)
         if full is None:
             raise RenderError(f"no gRPC service is known for destination {name!r}")
-        public.append(full)
+        methods = topo.public_methods.get(name, ())
+        if methods:
+            public.append(full)
         dest = policy[name]
         routes += _policy_routes(
-            dest, full, "gateway", fault=_fault_for(dest, opts.fault_placement, "outbound")
+            dest,
+            full,
+            "gateway",
+            fault=_fault_for(dest, opts.fault_placement, "outbound"),
+            public=methods,
         )
+    # Everything else is closed. A method of one of our services that is not public (an
+    # internal one, or one added to a contract and not to the values' publicMethods) is refused
+    # (HTTP 403: PERMISSION_DENIED); any other gRPC method does not exist here (404:
+    # UNIMPLEMENTED), nor does any other HTTP path.
+    grpc_only = [{"name": "content-type", "string_match": {"prefix": "application/grpc"}}]
+    for name in sorted(topo.grpc_services):
+        full = topo.grpc_services[name]
+        routes.append(
+            {
+                "name": f"closed.{name}",
+                "match": {"prefix": f"/{full}/", "headers": grpc_only},
+                "direct_response": {
+                    "status": opts.internal_rpc_status,
+                    "body": {"inline_string": "the gateway does not expose this method"},
+                },
+            }
+        )
+    routes.append(
+        {
+            "name": "closed",
+            "match": {"prefix": "/"},
+            "direct_response": {
+                "status": 404,
+                "body": {"inline_string": "no such method or route"},
+            },
+        }
+    )
     filters: list[Json] = []
     if descriptor_set_path is not None:
         known = descriptor_services(descriptor_set_path)
@@ -672,7 +725,10 @@ def render_envoy_config(
             clusters.append(
                 _outbound_cluster(cluster_name(name, via), dest.traffic_policy, insts, topology)
             )
-            routed = {r.subset for r, _ in _served_routes(dest, topology.grpc_services[name], via)}
+            served = _served_routes(
+                dest, topology.grpc_services[name], via, topology.public_methods.get(name, ())
+            )
+            routed = {r.subset for r, _ in served}
             for subset in dest.subsets:
                 if subset in routed:
                     clusters.append(

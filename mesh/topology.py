@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from mesh.policy import Duration
+from services.kit.catalog import catalog
 
 __all__ = [
     "DEFAULT_ADMIN_PORT",
@@ -47,45 +48,24 @@ class TopologyError(ValueError):
     """The topology is inconsistent (e.g. two listeners on one port)."""
 
 
-# The gRPC service behind each service name (packages `phoneseller.<ctx>.v1`).
-GRPC_SERVICES: Final[Mapping[str, str]] = {
-    "order": "phoneseller.order.v1.OrderService",
-    "payment": "phoneseller.payment.v1.PaymentService",
-    "promotion": "phoneseller.promotion.v1.PromotionService",
-    "store": "phoneseller.store.v1.StoreService",
-    "customer": "phoneseller.customer.v1.CustomerService",
+_CATALOG = catalog()
+
+# The gRPC service behind each service name (packages `phoneseller.<ctx>.v1`), from the chart's
+# values (services/kit/catalog.py): the one list of the services.
+GRPC_SERVICES: Final[Mapping[str, str]] = _CATALOG.grpc_services
+
+# Called only inside the mesh, by the callers the values name; the gateway refuses them
+# (PERMISSION_DENIED / HTTP 403), as it refuses every method it does not expose.
+INTERNAL_METHODS: Final[tuple[str, ...]] = _CATALOG.internal_paths
+
+#: What the gateway exposes: the values' publicMethods (an allow-list) and the health check.
+PUBLIC_METHODS: Final[tuple[str, ...]] = (*_CATALOG.public_paths, "/grpc.health.v1.Health/Check")
+
+DEFAULT_GRPC_PORTS: Final[Mapping[str, int]] = _CATALOG.local_ports
+#: A client-side sidecar listener for each service that others call: 15000 + its port - 50000.
+DEFAULT_SIDECAR_PORTS: Final[Mapping[str, int]] = {
+    spec.name: 15000 + spec.local_port % 1000 for spec in _CATALOG if spec.callers
 }
-
-# Called only inside the mesh; the gateway refuses them (PERMISSION_DENIED / HTTP 403).
-INTERNAL_METHODS: Final[tuple[str, ...]] = (
-    "/phoneseller.payment.v1.PaymentService/Pay",
-    "/phoneseller.payment.v1.PaymentService/CancelPayment",
-    "/phoneseller.promotion.v1.PromotionService/ClawBackPoints",
-    "/phoneseller.promotion.v1.PromotionService/GetPointGrant",
-)
-
-# What the gateway exposes (documentation and tests; the gateway routes by service prefix,
-# so a method added to a public service is public unless listed in INTERNAL_METHODS).
-PUBLIC_METHODS: Final[tuple[str, ...]] = (
-    "/phoneseller.order.v1.OrderService/PlaceOrder",
-    "/phoneseller.order.v1.OrderService/GetOrder",
-    "/phoneseller.order.v1.OrderService/CancelOrder",
-    "/phoneseller.payment.v1.PaymentService/GetPayment",
-    "/phoneseller.promotion.v1.PromotionService/GetPointBalance",
-    "/phoneseller.store.v1.StoreService/ListStoreOrders",
-    "/phoneseller.store.v1.StoreService/ShipOrder",
-    "/phoneseller.customer.v1.CustomerService/GetCustomerHistory",
-    "/grpc.health.v1.Health/Check",
-)
-
-DEFAULT_GRPC_PORTS: Final[Mapping[str, int]] = {
-    "order": 50051,
-    "payment": 50052,
-    "promotion": 50053,
-    "store": 50054,
-    "customer": 50055,
-}
-DEFAULT_SIDECAR_PORTS: Final[Mapping[str, int]] = {"payment": 15052, "promotion": 15053}
 DEFAULT_GATEWAY_PORT: Final = 8080
 DEFAULT_ADMIN_PORT: Final = 9901
 DEFAULT_INBOUND_BASE_PORT: Final = 15100
@@ -163,6 +143,10 @@ class Topology:
     sidecars: Mapping[str, Address] = field(default_factory=dict)
     health_check: HealthCheck = field(default_factory=HealthCheck)
     grpc_services: Mapping[str, str] = field(default_factory=lambda: dict(GRPC_SERVICES))
+    #: The methods the gateway exposes, by service (the values' publicMethods): all it routes.
+    public_methods: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: {spec.name: spec.public_methods for spec in _CATALOG}
+    )
 
     def __post_init__(self) -> None:
         self.validate()

@@ -28,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mesh.envoy import render_envoy_config, write_envoy_config
 from mesh.policy import load_policy, parse_fault
 from mesh.process import AdminClient, envoy_binary
-from mesh.topology import Address, Topology, build_topology
+from mesh.topology import DEFAULT_SIDECAR_PORTS, Address, Topology, build_topology
 from services.kit.config import DEFAULT_PORTS, SERVICE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,9 +54,7 @@ class LocalStack:
     admin_port: int = 9901
     replicas: int = 1
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
-    sidecar_ports: dict[str, int] = field(
-        default_factory=lambda: {"payment": 15052, "promotion": 15053}
-    )
+    sidecar_ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_SIDECAR_PORTS))
     inbound_base_port: int = 15100
     #: Envoy's inbound listener per replica, when not numbered from `inbound_base_port`.
     inbound_ports: dict[str, list[int]] = field(default_factory=dict)
@@ -166,8 +164,7 @@ class LocalStack:
             "PHONESELLER_DATA_DIR": str(self.run_dir / "data"),
             "PHONESELLER_NATS_URL": self.nats_url,
             # Calls between services pass the mesh: the sidecar listeners of Envoy.
-            "PHONESELLER_PAYMENT_ADDRESS": str(sidecars["payment"]),
-            "PHONESELLER_PROMOTION_ADDRESS": str(sidecars["promotion"]),
+            **{f"PHONESELLER_{name.upper()}_ADDRESS": str(a) for name, a in sidecars.items()},
             "PYTHONUNBUFFERED": "1",
             **self.service_env.get(service, {}),
             **self.replica_env.get(self.replica_name(service, replica), {}),

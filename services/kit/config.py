@@ -7,21 +7,32 @@ change together (tests/helm checks the chart provides each one).
 from __future__ import annotations
 
 import os
+import pkgutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import services
+from services.kit import catalog
 from services.kit.events import DUPLICATE_WINDOW_SECONDS
 
-SERVICE_NAMES = ("order", "payment", "promotion", "store", "customer")
 
-DEFAULT_PORTS = {
-    "order": 50051,
-    "payment": 50052,
-    "promotion": 50053,
-    "store": 50054,
-    "customer": 50055,
-}
+def _service_names() -> tuple[str, ...]:
+    """The services of the chart's values, or (an installed image, where the chart sets every
+    setting) the service packages that are installed."""
+    if catalog.available():
+        return catalog.catalog().names
+    return tuple(
+        sorted(
+            m.name for m in pkgutil.iter_modules(services.__path__) if m.ispkg and m.name != "kit"
+        )
+    )
+
+
+SERVICE_NAMES = _service_names()
+
+#: Each service's port on one machine (none in an installed image: the chart sets the port).
+DEFAULT_PORTS = catalog.catalog().local_ports if catalog.available() else {}
 
 
 class ConfigError(ValueError):
@@ -69,6 +80,15 @@ class Settings:
             except ValueError:
                 raise ConfigError(f"PHONESELLER_{name} must be an integer, got {raw!r}") from None
 
+        def get_required_int(name: str, default: int | None) -> int:
+            if default is None and not env.get(f"PHONESELLER_{name}", "").strip():
+                raise ConfigError(f"PHONESELLER_{name} is required here (no default)")
+            return get_int(name, default or 0)
+
+        def peer(name: str) -> str:
+            port = DEFAULT_PORTS.get(name)
+            return get(f"{name.upper()}_ADDRESS", f"127.0.0.1:{port}" if port else "")
+
         def get_float(name: str, default: float) -> float:
             raw = get(name, str(default))
             try:
@@ -83,7 +103,7 @@ class Settings:
         settings = cls(
             service=service,
             grpc_host=get("GRPC_HOST", "127.0.0.1"),
-            grpc_port=get_int("GRPC_PORT", DEFAULT_PORTS[service]),
+            grpc_port=get_required_int("GRPC_PORT", DEFAULT_PORTS.get(service)),
             data_dir=data_dir,
             database_url=get("DATABASE_URL", f"sqlite:///{data_dir / service}.db"),
             nats_url=get("NATS_URL", "nats://127.0.0.1:4222"),
@@ -91,8 +111,8 @@ class Settings:
             stream_max_age_seconds=get_float("STREAM_MAX_AGE_SECONDS", 0.0),
             stream_max_bytes=get_int("STREAM_MAX_BYTES", 0),
             inbox_retention_seconds=get_float("INBOX_RETENTION_SECONDS", 300.0),
-            payment_address=get("PAYMENT_ADDRESS", f"127.0.0.1:{DEFAULT_PORTS['payment']}"),
-            promotion_address=get("PROMOTION_ADDRESS", f"127.0.0.1:{DEFAULT_PORTS['promotion']}"),
+            payment_address=peer("payment"),
+            promotion_address=peer("promotion"),
             points_rate_percent=get_int("POINTS_RATE_PERCENT", 10),
             payment_decline_above=get_int("PAYMENT_DECLINE_ABOVE", 5_000_000),
             store_auto_ship_delay_seconds=get_float("STORE_AUTO_SHIP_DELAY_SECONDS", 0.0),

@@ -20,7 +20,6 @@ from mesh.envoy import (
     MAX_UINT32,
     RenderError,
     RenderOptions,
-    Via,
     cluster_name,
     descriptor_services,
     render_envoy_config,
@@ -352,8 +351,9 @@ def test_a_subset_gets_a_cluster_of_its_own_merged_as_istio_merges(topo: Topolog
     for rs, via in ((sidecar, "outbound"), (gateway, "gateway")):
         read = route_for_path(rs, "/phoneseller.promotion.v1.PromotionService/GetPointBalance")
         assert read["route"]["cluster"] == f"{via}|promotion|tight"
-        other = route_for_path(rs, "/phoneseller.promotion.v1.PromotionService/Other")
-        assert other["route"]["cluster"] == f"{via}|promotion"
+    other = "/phoneseller.promotion.v1.PromotionService/Other"
+    assert route_for_path(sidecar, other)["route"]["cluster"] == "outbound|promotion"
+    assert "direct_response" in route_for_path(gateway, other), "not public: closed"
     claw = "/phoneseller.promotion.v1.PromotionService/ClawBackPoints"
     assert route_for_path(sidecar, claw)["route"]["cluster"] == "outbound|promotion|tight"
     assert "direct_response" in route_for_path(gateway, claw)
@@ -467,34 +467,40 @@ def test_route_numbers_equal_the_values(
 ) -> None:
     full = GRPC_SERVICES[service]
     raw_routes = raw_mesh["destinations"][service]["routes"]
-    listeners = ["gateway"] + ([f"outbound|{service}"] if service in topo.sidecars else [])
-    for lname in listeners:
-        rs = routes(config, lname)
-        via: Via = "gateway" if lname == "gateway" else "outbound"
-        for raw_route in raw_routes:
-            # A route with a subset goes to that subset's cluster, every other to the host's.
-            expected_cluster = cluster_name(service, via, raw_route.get("subset"))
-            if "methods" in raw_route:
-                for method in raw_route["methods"]:
-                    path = f"/{full}/{method}"
-                    r = route_for_path(rs, path)
-                    if lname == "gateway" and path in INTERNAL_METHODS:
-                        # Refused first; the policy's route for it would never match there.
-                        assert "direct_response" in r
-                        assert not [
-                            x for x in rs if x["match"].get("path") == path and "route" in x
-                        ]
-                        continue
-                    assert r["match"] == {"path": path, "case_sensitive": True}
-                    assert r["name"] == f"{service}.{raw_route['name']}"
-                    assert r["route"]["cluster"] == expected_cluster
-                    _check_route(r, raw_route)
-            else:
-                prefix = f"/{full}/" if lname == "gateway" else "/"
-                (r,) = [x for x in rs if x["match"] == {"prefix": prefix}]
+
+    def raw_route_for(method: str) -> dict[str, Any]:
+        named = [r for r in raw_routes if method in r.get("methods", [])]
+        return (named or [r for r in raw_routes if "methods" not in r])[0]
+
+    # The gateway: one exact route per public method, with the policy of the route serving it.
+    gateway = routes(config, "gateway")
+    for method in topo.public_methods[service]:
+        raw_route = raw_route_for(method)
+        path = f"/{full}/{method}"
+        r = route_for_path(gateway, path)
+        assert r["match"] == {"path": path, "case_sensitive": True}
+        assert r["name"] == f"{service}.{method}"
+        assert r["route"]["cluster"] == cluster_name(service, "gateway", raw_route.get("subset"))
+        _check_route(r, raw_route)
+    # A sidecar: the values' routes as written.
+    if service not in topo.sidecars:
+        return
+    sidecar = routes(config, f"outbound|{service}")
+    for raw_route in raw_routes:
+        expected_cluster = cluster_name(service, "outbound", raw_route.get("subset"))
+        if "methods" in raw_route:
+            for method in raw_route["methods"]:
+                path = f"/{full}/{method}"
+                r = route_for_path(sidecar, path)
+                assert r["match"] == {"path": path, "case_sensitive": True}
                 assert r["name"] == f"{service}.{raw_route['name']}"
                 assert r["route"]["cluster"] == expected_cluster
                 _check_route(r, raw_route)
+        else:
+            (r,) = [x for x in sidecar if x["match"] == {"prefix": "/"}]
+            assert r["name"] == f"{service}.{raw_route['name']}"
+            assert r["route"]["cluster"] == expected_cluster
+            _check_route(r, raw_route)
 
 
 def test_default_retry_policy_when_retries_are_unset() -> None:
@@ -547,9 +553,11 @@ def test_gateway_refuses_internal_rpcs_before_the_service_routes(config: dict[st
         "/grpc.health.v1.Health/Check",
     ):
         assert route_for_path(rs, path)["route"]["cluster"] == "gateway|order"
-    # Nothing else is routed: unknown services get 404 (gRPC UNIMPLEMENTED).
-    with pytest.raises(AssertionError):
-        route_for_path(rs, "/grpc.health.v1.Health/Watch")
+    # Nothing else is routed: a method of ours that is not public is refused (403, gRPC
+    # PERMISSION_DENIED) and anything else does not exist (404, gRPC UNIMPLEMENTED).
+    not_public = route_for_path(rs, "/phoneseller.order.v1.OrderService/DeleteEverything")
+    assert not_public["direct_response"]["status"] == 403
+    assert route_for_path(rs, "/grpc.health.v1.Health/Watch")["direct_response"]["status"] == 404
 
 
 # -- faults -------------------------------------------------------------------------------

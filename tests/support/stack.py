@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 
 from mesh.process import AdminClient
-from mesh.topology import Address
+from mesh.topology import DEFAULT_SIDECAR_PORTS, Address
 from services.kit.config import SERVICE_NAMES
 from stack.supervisor import LocalStack
 from tests.support.ports import free_port
@@ -30,7 +30,7 @@ def stack_on_free_ports(
         admin_port=free_port(),
         instance_ports={s: [free_port() for _ in range(replicas)] for s in SERVICE_NAMES},
         inbound_ports={s: [free_port() for _ in range(replicas)] for s in SERVICE_NAMES},
-        sidecar_ports={"payment": free_port(), "promotion": free_port()},
+        sidecar_ports={name: free_port() for name in DEFAULT_SIDECAR_PORTS},
         replicas=replicas,
         service_env=dict(service_env or {}),
         replica_env=dict(replica_env or {}),
