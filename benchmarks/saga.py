@@ -89,8 +89,9 @@ from benchmarks.figures import (
 from benchmarks.footprint import Footprint, postgres_footprint, sqlite_footprint
 from benchmarks.procstat import CpuMeter, cpu_between
 from benchmarks.traffic import EchoLoad, Phase, SagaLoad, Sweep
+from client.signin import DevSignIn
 from services.kit.config import SERVICE_NAMES
-from stack.supervisor import REPO, LocalStack
+from stack.supervisor import REPO, LocalStack, otel_environment
 from tests.support.stack import running_stack, stack_on_free_ports
 
 #: supervisord's socket path must fit in sun_path (108 bytes); a longer --out keeps the stack
@@ -260,6 +261,9 @@ def new_stack(out: Path, replicas: int, urls: dict[str, str]) -> LocalStack:
         stack_folder(out),
         replicas=replicas,
         service_env={s: {"PHONESELLER_DATABASE_URL": url} for s, url in urls.items()},
+        # Tracing as `make up` does it: on when the environment names an OTLP endpoint, e.g.
+        # `python -m tests.support.otlp --port 4317` beside the run (docs/observability.md).
+        otel_env=otel_environment(),
     )
 
 
@@ -461,6 +465,7 @@ async def measure(
     progress = Progress()
     load = SagaLoad(
         stack.gateway,
+        sign_in=DevSignIn(stack.issuer),
         cancel_share=args.cancel_share,
         sample_share=args.sample_share,
         customers=args.customers,

@@ -29,6 +29,9 @@ from phoneseller.order.v1 import order_service_pb2 as order_pb
 from phoneseller.order.v1 import order_service_pb2_grpc as order_grpc
 
 from benchmarks.latency import ErrorTally, Latency, error_reason
+from client.signin import SignIn, bearer_metadata
+
+Metadata = tuple[tuple[str, str], ...]
 
 ITEM = "Galaxy S25"
 QUANTITIES = (1, 2, 3)
@@ -245,11 +248,16 @@ class SagaLoad:
         self,
         gateway: str,
         *,
+        sign_in: SignIn,
         cancel_share: float,
         sample_share: float,
         customers: int,
         seed: int,
     ) -> None:
+        # Each customer places and cancels with a token of their own, as a user does; the
+        # watching and sweeping read as an operator (who may read anyone's history).
+        self._sign_in = sign_in
+        self._operator = bearer_metadata(sign_in.token("operator", "bench-operator"))
         self.cancel_share = cancel_share
         self.sample_share = sample_share
         self.customers = customers
@@ -316,9 +324,10 @@ class SagaLoad:
             unit_price=self._rng.choice(UNIT_PRICES),
             request_id=request_id,
         )
+        signed_in = bearer_metadata(self._sign_in.token("customer", customer))
         sent = time.perf_counter()
         try:
-            order = await stub.PlaceOrder(request, timeout=CALL_TIMEOUT_SECONDS)
+            order = await stub.PlaceOrder(request, timeout=CALL_TIMEOUT_SECONDS, metadata=signed_in)
         except grpc.aio.AioRpcError as error:
             phase.errors.record("PlaceOrder", error)
             return False
@@ -331,16 +340,20 @@ class SagaLoad:
         phase.sagas.append(saga)
         answered = True
         if self._rng.random() < self.cancel_share:
-            answered = await self._cancel(stub, phase, saga, request_id)
+            answered = await self._cancel(stub, phase, saga, request_id, signed_in)
         if sample:
             self._watch(phase, saga)
         return answered
 
-    async def _cancel(self, stub: Any, phase: Phase, saga: Saga, request_id: str) -> bool:
+    async def _cancel(
+        self, stub: Any, phase: Phase, saga: Saga, request_id: str, signed_in: Metadata
+    ) -> bool:
         request = order_pb.CancelOrderRequest(order_id=saga.order_id, request_id=f"{request_id}-x")
         sent = time.perf_counter()
         try:
-            order = await stub.CancelOrder(request, timeout=CALL_TIMEOUT_SECONDS)
+            order = await stub.CancelOrder(
+                request, timeout=CALL_TIMEOUT_SECONDS, metadata=signed_in
+            )
         except grpc.aio.AioRpcError as error:
             phase.errors.record("CancelOrder", error)
             # A refusal (FAILED_PRECONDITION, …) with an ErrorInfo changed nothing. UNAVAILABLE
@@ -392,6 +405,7 @@ class SagaLoad:
             history = await self._customers.GetCustomerHistory(
                 customer_pb.GetCustomerHistoryRequest(customer_id=saga.customer_id),
                 timeout=CALL_TIMEOUT_SECONDS,
+                metadata=self._operator,
             )
         except grpc.aio.AioRpcError as error:
             self.phase.errors.record("GetCustomerHistory", error)
@@ -428,6 +442,7 @@ class SagaLoad:
                         history = await self._customers.GetCustomerHistory(
                             customer_pb.GetCustomerHistoryRequest(customer_id=customer),
                             timeout=CALL_TIMEOUT_SECONDS,
+                            metadata=self._operator,
                         )
                     except grpc.aio.AioRpcError:
                         await asyncio.sleep(0.2)

@@ -28,6 +28,8 @@ from phoneseller.promotion.v1 import promotion_service_pb2_grpc as promotion_grp
 from phoneseller.store.v1 import store_service_pb2 as store_pb
 from phoneseller.store.v1 import store_service_pb2_grpc as store_grpc
 
+from client.signin import CUSTOMER, DEALER, OPERATOR, Anonymous, SignIn, bearer_metadata
+
 #: Where the gateway (Istio ingress, or the local Envoy) listens unless told otherwise.
 DEFAULT_GATEWAY = "127.0.0.1:8080"
 #: The environment variable that overrides `DEFAULT_GATEWAY`.
@@ -36,6 +38,9 @@ GATEWAY_ENV = "PHONESELLER_GATEWAY"
 SERVICES = ("order", "payment", "promotion", "store", "customer")
 #: The trailer that carries a `google.rpc.Status` with the error details.
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+#: Who ships and reads the store's orders, and who reads for support, unless told otherwise.
+DEFAULT_DEALER = "dealer-1"
+DEFAULT_OPERATOR = "operator-1"
 
 M = TypeVar("M", bound=Message)
 
@@ -54,13 +59,6 @@ class Addresses:
     def through(cls, gateway: str) -> Addresses:
         """Every service behind one gateway address."""
         return cls(gateway, gateway, gateway, gateway, gateway)
-
-    @classmethod
-    def direct(cls, host: str = "127.0.0.1") -> Addresses:
-        """Each service at its own port, as the local stack (`make up`) runs them."""
-        from services.kit.config import DEFAULT_PORTS
-
-        return cls(**{s: f"{host}:{DEFAULT_PORTS[s]}" for s in SERVICES})
 
     def overridden(self, overrides: Mapping[str, str | None]) -> Addresses:
         """These addresses with the services named in `overrides` sent elsewhere."""
@@ -181,11 +179,29 @@ def new_request_id() -> str:
 
 class PhoneSeller:
     """The system as one object: `place_order`, `get_order`, `cancel_order`, … Each call has a
-    deadline of `timeout` seconds and raises `ApiError` when it fails."""
+    deadline of `timeout` seconds, carries the bearer token `sign_in` gives for whom it acts
+    (client/signin.py), and raises `ApiError` when it fails.
 
-    def __init__(self, addresses: Addresses, timeout: float = 10.0) -> None:
+    Who a call acts for: the customer of `place_order`, `history` and `balance`; for
+    `get_order`, `get_payment` and `cancel_order` the `customer_id` given (an operator, who may
+    read anyone's, when none is given to a read); a dealer for `ship_order` and
+    `list_store_orders`.
+    """
+
+    def __init__(
+        self,
+        addresses: Addresses,
+        timeout: float = 10.0,
+        sign_in: SignIn | None = None,
+        *,
+        dealer: str = DEFAULT_DEALER,
+        operator: str = DEFAULT_OPERATOR,
+    ) -> None:
         self.addresses = addresses
         self.timeout = timeout
+        self.sign_in: SignIn = sign_in or Anonymous()
+        self.dealer = dealer
+        self.operator = operator
         self._channels: dict[str, grpc.Channel] = {}
         self._orders = order_grpc.OrderServiceStub(self._channel(addresses.order))
         self._payments = payment_grpc.PaymentServiceStub(self._channel(addresses.payment))
@@ -214,9 +230,24 @@ class PhoneSeller:
     ) -> None:
         self.close()
 
-    def _call(self, method: Any, request: Message, response_type: type[M]) -> M:
+    def _as(self, role: str, subject: str) -> tuple[tuple[str, str], ...]:
+        return bearer_metadata(self.sign_in.token(role, subject))
+
+    def _reader(self, customer_id: str | None) -> tuple[tuple[str, str], ...]:
+        """A read as that customer, or as the operator when no customer is given."""
+        if customer_id:
+            return self._as(CUSTOMER, customer_id)
+        return self._as(OPERATOR, self.operator)
+
+    def _call(
+        self,
+        method: Any,
+        request: Message,
+        response_type: type[M],
+        metadata: tuple[tuple[str, str], ...],
+    ) -> M:
         try:
-            response = method(request, timeout=self.timeout)
+            response = method(request, timeout=self.timeout, metadata=metadata)
         except grpc.RpcError as exc:
             raise ApiError.from_rpc_error(exc) from None
         if not isinstance(response, response_type):
@@ -233,28 +264,58 @@ class PhoneSeller:
             unit_price=unit_price,
             request_id=request_id,
         )
-        return self._call(self._orders.PlaceOrder, request, order_pb.Order)
+        return self._call(
+            self._orders.PlaceOrder, request, order_pb.Order, self._as(CUSTOMER, customer_id)
+        )
 
-    def get_order(self, order_id: str) -> order_pb.Order:
+    def get_order(self, order_id: str, customer_id: str | None = None) -> order_pb.Order:
         request = order_pb.GetOrderRequest(order_id=order_id)
-        return self._call(self._orders.GetOrder, request, order_pb.Order)
+        return self._call(self._orders.GetOrder, request, order_pb.Order, self._reader(customer_id))
 
-    def cancel_order(self, order_id: str, request_id: str = "") -> order_pb.Order:
+    def cancel_order(self, order_id: str, request_id: str, customer_id: str) -> order_pb.Order:
+        """Cancel the order as its customer (only they may)."""
         request = order_pb.CancelOrderRequest(order_id=order_id, request_id=request_id)
-        return self._call(self._orders.CancelOrder, request, order_pb.Order)
+        return self._call(
+            self._orders.CancelOrder, request, order_pb.Order, self._as(CUSTOMER, customer_id)
+        )
 
-    def get_payment(self, payment_id: str) -> payment_pb.Payment:
+    def get_payment(self, payment_id: str, customer_id: str | None = None) -> payment_pb.Payment:
         request = payment_pb.GetPaymentRequest(payment_id=payment_id)
-        return self._call(self._payments.GetPayment, request, payment_pb.Payment)
+        return self._call(
+            self._payments.GetPayment, request, payment_pb.Payment, self._reader(customer_id)
+        )
 
     def balance(self, customer_id: str) -> promotion_pb.PointBalance:
         request = promotion_pb.GetPointBalanceRequest(customer_id=customer_id)
-        return self._call(self._promotion.GetPointBalance, request, promotion_pb.PointBalance)
+        return self._call(
+            self._promotion.GetPointBalance,
+            request,
+            promotion_pb.PointBalance,
+            self._as(CUSTOMER, customer_id),
+        )
 
     def ship_order(self, order_id: str, request_id: str = "") -> store_pb.StoreOrder:
         request = store_pb.ShipOrderRequest(order_id=order_id, request_id=request_id)
-        return self._call(self._store.ShipOrder, request, store_pb.StoreOrder)
+        return self._call(
+            self._store.ShipOrder, request, store_pb.StoreOrder, self._as(DEALER, self.dealer)
+        )
+
+    def list_store_orders(
+        self, page_size: int = 0, page_token: str = ""
+    ) -> store_pb.ListStoreOrdersResponse:
+        request = store_pb.ListStoreOrdersRequest(page_size=page_size, page_token=page_token)
+        return self._call(
+            self._store.ListStoreOrders,
+            request,
+            store_pb.ListStoreOrdersResponse,
+            self._as(DEALER, self.dealer),
+        )
 
     def history(self, customer_id: str) -> customer_pb.CustomerHistory:
         request = customer_pb.GetCustomerHistoryRequest(customer_id=customer_id)
-        return self._call(self._customers.GetCustomerHistory, request, customer_pb.CustomerHistory)
+        return self._call(
+            self._customers.GetCustomerHistory,
+            request,
+            customer_pb.CustomerHistory,
+            self._as(CUSTOMER, customer_id),
+        )

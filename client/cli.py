@@ -1,7 +1,10 @@
 """`phoneseller`: the command-line client of the phone shop.
 
 Thin: it parses arguments, makes one call through `client.api` and prints the answer with
-`client.tables`. Exit codes: 0 done, 1 the call (or a demo step) failed, 2 bad usage.
+`client.tables`. Every call carries a bearer token: the one given with --token, or one signed
+by the development issuer of `make up` for whom the call acts (client/signin.py); `phoneseller
+token` prints such a token for other tools (grpcurl, curl). Exit codes: 0 done, 1 the call (or
+a demo step) failed, 2 bad usage.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from google.protobuf.message import Message
 
 from client import tables
 from client.api import (
+    DEFAULT_DEALER,
     DEFAULT_GATEWAY,
     GATEWAY_ENV,
     SERVICES,
@@ -26,17 +30,26 @@ from client.api import (
     new_request_id,
 )
 from client.demo import Demo, supervisor_control
+from client.issuer import DEFAULT_TTL_SECONDS, DevIssuer, IssuerError, default_folder
+from client.signin import BearerToken, DevSignIn, SignIn
 
 RUN_DIR_ENV = "PHONESELLER_RUN_DIR"
+TOKEN_ENV = "PHONESELLER_TOKEN"
 
 ADDRESSES_HELP = f"""\
 where the calls go:
   Every call goes to the gateway at --address (default: ${GATEWAY_ENV}, else {DEFAULT_GATEWAY}),
-  which routes each service by its gRPC path. --order-address, --payment-address,
-  --promotion-address, --store-address and --customer-address send one service's calls
-  elsewhere. --direct skips the gateway: each service at the local stack's own port
-  (order 127.0.0.1:50051, payment :50052, promotion :50053, store :50054, customer :50055);
-  per-service options still win over it.
+  which routes each service by its gRPC path, verifies the token and passes the verified
+  claims on. --order-address, --payment-address, --promotion-address, --store-address and
+  --customer-address send one service's calls elsewhere (another gateway: the services take
+  their callers only from one).
+
+signing in:
+  Each call is made for someone: place, history and balance for their customer; get and
+  cancel for --customer (get without it as an operator, who may read anyone's); ship for
+  --dealer. Without --token (default: ${TOKEN_ENV}) the client signs a token for that user with
+  the development issuer of `make up` (.run/auth); with it, that one token goes with every
+  call. `phoneseller token --customer alice` prints a token for grpcurl and curl.
 
 output:
   Tables for people by default; --json prints the answer as proto3 JSON (the .proto field
@@ -47,9 +60,10 @@ output:
 
 examples:
   phoneseller place --customer alice --item "Galaxy S25" --quantity 1 --unit-price 1200000
-  phoneseller get ORDER_ID
+  phoneseller get ORDER_ID --customer alice
+  phoneseller cancel ORDER_ID --customer alice
   phoneseller --json history alice
-  phoneseller --direct demo            # against `make up`, before the gateway is there
+  TOKEN=$(phoneseller token --customer alice)
 """
 
 
@@ -75,12 +89,6 @@ def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
             help=f"send {service} calls here instead",
         )
     group.add_argument(
-        "--direct",
-        action="store_true",
-        default=default(False),
-        help="call each service at the local stack's port instead of the gateway",
-    )
-    group.add_argument(
         "--timeout",
         type=float,
         metavar="SECONDS",
@@ -92,6 +100,13 @@ def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
         action="store_true",
         default=default(False),
         help="print proto3 JSON instead of tables",
+    )
+    group.add_argument(
+        "--token",
+        metavar="JWT",
+        default=default(os.environ.get(TOKEN_ENV) or None),
+        help=f"send this bearer token with every call (default: ${TOKEN_ENV}, else one signed "
+        "by the development issuer for whom each call acts)",
     )
 
 
@@ -127,9 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     get = command("get", "show one order")
     get.add_argument("order_id", metavar="ORDER_ID")
+    get.add_argument("--customer", help="read as this customer (default: as an operator)")
 
     cancel = command("cancel", "cancel an order: its payment and points are reversed")
     cancel.add_argument("order_id", metavar="ORDER_ID")
+    cancel.add_argument("--customer", required=True, help="the order's customer (only they may)")
     cancel.add_argument("--request-id", help="reuse to retry safely (default: a new one)")
 
     history = command("history", "a customer's orders and points, as the customer view sees them")
@@ -141,7 +158,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     ship = command("ship", "ship a paid order (the dealer's side)")
     ship.add_argument("order_id", metavar="ORDER_ID")
+    ship.add_argument("--dealer", default=DEFAULT_DEALER, help=f"as (default: {DEFAULT_DEALER})")
     ship.add_argument("--request-id", help="an id that makes retries idempotent (optional)")
+
+    token = commands.add_parser(
+        "token",
+        help="print a bearer token from the development issuer (`make up` made its key)",
+        description="Print a bearer token signed by the development issuer, for grpcurl "
+        '(-H "authorization: Bearer $TOKEN") and curl (-H "Authorization: Bearer $TOKEN").',
+    )
+    who = token.add_mutually_exclusive_group(required=True)
+    who.add_argument("--customer", metavar="CUSTOMER_ID", help="a customer (the subject)")
+    who.add_argument("--dealer", metavar="DEALER_ID", help="a dealer: lists and ships orders")
+    who.add_argument("--operator", metavar="NAME", help="an operator: reads anyone's data")
+    token.add_argument(
+        "--ttl",
+        type=int,
+        default=DEFAULT_TTL_SECONDS,
+        metavar="SECONDS",
+        help=f"how long the token is good for (default: {DEFAULT_TTL_SECONDS})",
+    )
+    token.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help=f"the local stack's folder (default: ${RUN_DIR_ENV}, else the checkout's .run)",
+    )
 
     demo = command(
         "demo",
@@ -176,8 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def addresses_of(args: argparse.Namespace) -> Addresses:
-    base = Addresses.direct() if args.direct else Addresses.through(args.address)
-    return base.overridden({s: getattr(args, f"{s}_address") for s in SERVICES})
+    return Addresses.through(args.address).overridden(
+        {s: getattr(args, f"{s}_address") for s in SERVICES}
+    )
 
 
 def _print_answer(
@@ -208,11 +251,11 @@ def _run_call(args: argparse.Namespace, api: PhoneSeller, out: TextIO, err: Text
                 args, order, lambda: tables.order_table(order, request_id), request_id, out, err
             )
         elif args.command == "get":
-            order = api.get_order(args.order_id)
+            order = api.get_order(args.order_id, args.customer)
             _print_answer(args, order, lambda: tables.order_table(order), None, out, err)
         elif args.command == "cancel":
             request_id = args.request_id or new_request_id()
-            order = api.cancel_order(args.order_id, request_id)
+            order = api.cancel_order(args.order_id, request_id, args.customer)
             _print_answer(
                 args, order, lambda: tables.order_table(order, request_id), request_id, out, err
             )
@@ -230,6 +273,7 @@ def _run_call(args: argparse.Namespace, api: PhoneSeller, out: TextIO, err: Text
             balance = api.balance(args.customer_id)
             _print_answer(args, balance, lambda: tables.balance_table(balance), None, out, err)
         elif args.command == "ship":
+            api.dealer = args.dealer
             store_order = api.ship_order(args.order_id, args.request_id or "")
             _print_answer(
                 args, store_order, lambda: tables.store_order_table(store_order), None, out, err
@@ -242,7 +286,30 @@ def _run_call(args: argparse.Namespace, api: PhoneSeller, out: TextIO, err: Text
         else:
             print(tables.error_table(error, request_id), file=err)
         return 1
+    except IssuerError as error:
+        print(f"phoneseller: cannot sign in: {error} (or pass --token)", file=err)
+        return 1
     return 0
+
+
+def _run_token(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    folder = args.run_dir / "auth" if args.run_dir else default_folder()
+    for role in ("customer", "dealer", "operator"):
+        subject = getattr(args, role)
+        if subject:
+            try:
+                print(DevIssuer(folder).token(subject, role, ttl_seconds=args.ttl), file=out)
+            except IssuerError as error:
+                print(f"phoneseller token: {error}", file=err)
+                return 1
+    return 0
+
+
+def sign_in_of(args: argparse.Namespace) -> SignIn:
+    """The token given, or the development issuer's for whom each call acts."""
+    if args.token:
+        return BearerToken(args.token)
+    return DevSignIn(DevIssuer(default_folder()))
 
 
 def _run_demo(args: argparse.Namespace, api: PhoneSeller, out: TextIO, err: TextIO) -> int:
@@ -267,8 +334,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     err = sys.stderr
     args = build_parser().parse_args(argv)
+    if args.command == "token":
+        return _run_token(args, out, err)
     try:
-        with PhoneSeller(addresses_of(args), timeout=args.timeout) as api:
+        with PhoneSeller(addresses_of(args), timeout=args.timeout, sign_in=sign_in_of(args)) as api:
             if args.command == "demo":
                 return _run_demo(args, api, out, err)
             return _run_call(args, api, out, err)

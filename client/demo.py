@@ -314,7 +314,7 @@ class Demo:
 
     def wait_order(self, order_id: str, payback_points: int) -> order_pb.Order:
         order = self.poll(
-            lambda: self.api.get_order(order_id),
+            lambda: self.api.get_order(order_id, self.customer),
             lambda o: o.payback_points == payback_points,
             f"{tables.points(payback_points)} payback points on the order",
             lambda o: (
@@ -353,7 +353,7 @@ class Demo:
         return history
 
     def cancel_now(self, order_id: str, request_id: str) -> order_pb.Order:
-        order = self.api.cancel_order(order_id, request_id)
+        order = self.api.cancel_order(order_id, request_id, self.customer)
         self.say(tables.order_table(order, request_id))
         if order.status != order_pb.ORDER_STATUS_CANCELLED or order.payback_points != 0:
             raise StepError(
@@ -366,7 +366,7 @@ class Demo:
     def clawed_back(self, order: order_pb.Order, points: int) -> None:
         # The clawback is synchronous: by the time the cancel answered, it is done.
         balance = self.api.balance(self.customer)
-        payment = self.api.get_payment(order.payment_id)
+        payment = self.api.get_payment(order.payment_id, self.customer)
         self.say(tables.balance_table(balance))
         self.say()
         self.say(tables.payment_table(payment))
@@ -426,7 +426,7 @@ class Demo:
     def cancel_refused(self, order: order_pb.Order, request_id: str) -> None:
         started = time.monotonic()
         try:
-            cancelled = self.api.cancel_order(order.order_id, request_id)
+            cancelled = self.api.cancel_order(order.order_id, request_id, self.customer)
         except ApiError as error:
             elapsed = time.monotonic() - started
             self.say(tables.error_table(error))
@@ -446,8 +446,8 @@ class Demo:
                 "UNAVAILABLE with a RetryInfo delay",
                 f"the cancel succeeded: status {tables.order_status(cancelled.status)}",
             )
-        unchanged = self.api.get_order(order.order_id)
-        payment = self.api.get_payment(order.payment_id)
+        unchanged = self.api.get_order(order.order_id, self.customer)
+        payment = self.api.get_payment(order.payment_id, self.customer)
         self.say()
         self.say(
             tables.key_values(
@@ -475,7 +475,7 @@ class Demo:
         while True:
             attempts += 1
             try:
-                order = self.api.cancel_order(order_id, request_id)
+                order = self.api.cancel_order(order_id, request_id, self.customer)
                 break
             except ApiError as error:
                 delay = error.retry_delay

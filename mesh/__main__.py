@@ -6,6 +6,7 @@
         --fault 'promotion={"delay":{"fixedDelay":"1s","percentage":{"value":100}}}'
     python -m mesh run ...    # render, then exec Envoy in the foreground
     python -m mesh env ...    # print PHONESELLER_*_ADDRESS for the services
+    python -m mesh render --mtls .run/pki ...   # mTLS + RBAC with the certificates there
 
 A fault override replaces the destination's `fault` from the values (`promotion={}` clears it).
 Envoy reads its configuration at start: after re-rendering, restart Envoy.
@@ -22,6 +23,7 @@ from pathlib import Path
 from mesh.envoy import RenderError, RenderOptions, render_envoy_config, write_envoy_config
 from mesh.policy import MeshPolicy, PolicyError, fault_from_cli, load_policy
 from mesh.process import EnvoyError, envoy_binary, validate_config
+from mesh.security import MeshTls, load_identities
 from mesh.topology import (
     DEFAULT_ADMIN_PORT,
     DEFAULT_GATEWAY_PORT,
@@ -92,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
             "placement (delay not counted by timeout and circuit breaker)",
         )
         s.add_argument("--access-log", default=None, help="append an access log to this file")
+        s.add_argument(
+            "--mtls",
+            default=None,
+            metavar="DIR",
+            help="mTLS between the proxies and RBAC on the inbound listeners, with the CA and "
+            "certificates in DIR (`make up` keeps them in .run/pki); default plaintext",
+        )
         s.add_argument("--validate", action="store_true", help="run envoy --mode validate")
     return p
 
@@ -124,6 +133,18 @@ def _topology(args: argparse.Namespace) -> Topology:
     )
 
 
+def _mtls(folder: str | None, values: str) -> MeshTls | None:
+    if folder is None:
+        return None
+    try:
+        tls = MeshTls.in_dir(folder, identities=load_identities(values))
+    except ValueError as e:
+        raise RenderError(str(e)) from None
+    if missing := tls.missing():
+        raise RenderError(f"--mtls {folder}: {missing[0]} and {len(missing) - 1} more are missing")
+    return tls
+
+
 def _descriptors(args: argparse.Namespace) -> Path | None:
     if args.no_transcoding:
         return None
@@ -149,7 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         policy = _policy(args)
         options = RenderOptions(
-            fault_placement=args.fault_placement, access_log_path=args.access_log
+            fault_placement=args.fault_placement,
+            access_log_path=args.access_log,
+            mtls=_mtls(args.mtls, args.values),
         )
         config = render_envoy_config(policy, topo, _descriptors(args), options=options)
         out = write_envoy_config(config, args.out)

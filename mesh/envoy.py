@@ -11,6 +11,12 @@ Two deliberate differences, both explained in docs/mesh.md:
   circuit breaker, as a slow destination would (`fault_placement="outbound"` renders Istio's
   placement, used by the test that demonstrates the difference);
 - an active gRPC health check stands in for the Kubernetes readiness probe.
+
+With `RenderOptions.mtls` the proxies speak mTLS to each other as Istio's do (mesh/security.py):
+every cluster to an inbound listener presents its caller's certificate (the gateway's, or the
+sidecar's caller's) and checks the destination's SPIFFE id; every inbound listener requires a
+client certificate and authorizes each call with Envoy RBAC rendered from the chart's values.
+Without it, everything between the proxies is plaintext.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any, Final, Literal
 
 import yaml  # type: ignore[import-untyped,unused-ignore]
 
+from mesh.edge import EndUserAuth, gateway_filters, local_reply_config
 from mesh.policy import (
     Destination,
     Duration,
@@ -33,6 +40,8 @@ from mesh.policy import (
     Route,
     TrafficPolicy,
 )
+from mesh.security import GATEWAY, MeshTls, inbound_security, secure_cluster
+from mesh.storefront import Storefront
 from mesh.topology import INTERNAL_METHODS, Address, Instance, Topology
 
 __all__ = [
@@ -109,6 +118,14 @@ class RenderOptions:
     # Append an access log of every listener to this file (None = no access log).
     access_log_path: str | None = None
     node_id: str = "phoneseller-local-mesh"
+    # mTLS between the proxies and RBAC on the inbound listeners (None = plaintext, no RBAC).
+    mtls: MeshTls | None = None
+    # Who signs the end users' tokens (mesh/edge.py). None = no issuer's keys: the gateway
+    # verifies no token and refuses every public RPC, as the chart without auth keys.
+    end_users: EndUserAuth | None = None
+    # The storefront page's static files, served by the gateway (mesh/storefront.py); None =
+    # no page.
+    storefront: Storefront | None = None
 
 
 Via = Literal["outbound", "gateway"]
@@ -471,6 +488,8 @@ def _hcm_listener(
     routes: list[Json],
     http_filters: list[Json],
     opts: RenderOptions,
+    local_replies: Json | None = None,
+    max_direct_response_body_size_bytes: int | None = None,
 ) -> Json:
     hcm: Json = {
         _T: _HCM,
@@ -488,6 +507,11 @@ def _hcm_listener(
     log_cfg = _access_log(opts)
     if log_cfg:
         hcm["access_log"] = log_cfg
+    if max_direct_response_body_size_bytes is not None:
+        limit = max_direct_response_body_size_bytes
+        hcm["route_config"]["max_direct_response_body_size_bytes"] = limit
+    if local_replies is not None:
+        hcm["local_reply_config"] = local_replies
     return {
         "name": name,
         "address": _addr(address),
@@ -618,6 +642,9 @@ def _gateway_listener(
                 },
             }
         )
+    if opts.storefront is not None:
+        # The page's files, before the catch-all below closes every other path.
+        routes += opts.storefront.routes()
     routes.append(
         {
             "name": "closed",
@@ -628,7 +655,7 @@ def _gateway_listener(
             },
         }
     )
-    filters: list[Json] = []
+    transcoder = None
     if descriptor_set_path is not None:
         known = descriptor_services(descriptor_set_path)
         services = [s for s in public if s in known]
@@ -636,10 +663,30 @@ def _gateway_listener(
         if missing:
             log.warning("no HTTP/JSON transcoding for %s: not in %s", missing, descriptor_set_path)
         if services:
-            filters.append(_transcoder(descriptor_set_path, services))
+            transcoder = _transcoder(descriptor_set_path, services)
+    # Who may call (mesh/edge.py): claims stripped, transcoded, token verified, roles checked.
+    public_paths = [
+        f"/{topo.grpc_services[name]}/{method}"
+        for name, methods in topo.public_methods.items()
+        if name in policy.destinations
+        for method in methods
+    ]
+    try:
+        filters = gateway_filters(opts.end_users, transcoder, public_paths)
+    except ValueError as e:
+        raise RenderError(str(e)) from None
     if opts.fault_placement == "outbound":
         filters.append(_fault_filter())
-    return _hcm_listener("gateway", topo.gateway, "gateway", routes, filters, opts)
+    return _hcm_listener(
+        "gateway",
+        topo.gateway,
+        "gateway",
+        routes,
+        filters,
+        opts,
+        local_reply_config(),
+        opts.storefront.max_body_bytes() if opts.storefront is not None else None,
+    )
 
 
 def _sidecar_listener(
@@ -666,14 +713,49 @@ def _inbound_listener(inst: Instance, dest: Destination | None, opts: RenderOpti
     if fault is not None:
         route["typed_per_filter_config"] = {FAULT_FILTER: fault_config(fault)}
     filters = [_fault_filter()] if opts.fault_placement == "inbound" else []
-    return _hcm_listener(
+    security = None
+    if opts.mtls is not None:
+        try:
+            security = inbound_security(opts.mtls, inst.service)
+        except ValueError as e:
+            raise RenderError(str(e)) from None
+        # Authorization first: a refused call is refused at once, never delayed by a fault.
+        filters.insert(0, security.rbac)
+    listener = _hcm_listener(
         f"inbound|{inst.service}|{inst.index}",
         inst.inbound,
         f"inbound_{inst.service}_{inst.index}",
         [route],
         filters,
         opts,
+        security.local_replies if security is not None else None,
     )
+    if security is not None:
+        (chain,) = listener["filter_chains"]
+        chain["transport_socket"] = security.transport_socket
+        # As Istio's inbound sidecar: the service learns its caller's identity from
+        # x-forwarded-client-cert, and a caller cannot forge that header.
+        hcm = chain["filters"][0]["typed_config"]
+        hcm["forward_client_cert_details"] = "SANITIZE_SET"
+        hcm["set_current_client_cert_details"] = {"uri": True}
+    return listener
+
+
+def _secured(cluster: Json, service: str, via: Via, opts: RenderOptions) -> Json:
+    """A gateway or outbound cluster to `service` with the caller's certificate when mTLS is
+    on: the gateway's identity, or the one caller of the service's sidecar listener."""
+    if opts.mtls is None:
+        return cluster
+    client = GATEWAY if via == "gateway" else opts.mtls.caller_of.get(service)
+    if client is None:
+        raise RenderError(
+            f"a sidecar listener for {service!r}, but no service calls it: whose identity "
+            "would it present?"
+        )
+    try:
+        return secure_cluster(cluster, opts.mtls, client, service)
+    except ValueError as e:
+        raise RenderError(str(e)) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -722,23 +804,21 @@ def render_envoy_config(
         for via in vias:
             # The host's cluster always (reflection and health checks use it too), then one
             # per subset that a route served on this side sends to, in the values' order.
-            clusters.append(
-                _outbound_cluster(cluster_name(name, via), dest.traffic_policy, insts, topology)
-            )
+            host = _outbound_cluster(cluster_name(name, via), dest.traffic_policy, insts, topology)
+            clusters.append(_secured(host, name, via, opts))
             served = _served_routes(
                 dest, topology.grpc_services[name], via, topology.public_methods.get(name, ())
             )
             routed = {r.subset for r, _ in served}
             for subset in dest.subsets:
                 if subset in routed:
-                    clusters.append(
-                        _outbound_cluster(
-                            cluster_name(name, via, subset),
-                            dest.traffic_policy_for(subset),
-                            insts,
-                            topology,
-                        )
+                    own = _outbound_cluster(
+                        cluster_name(name, via, subset),
+                        dest.traffic_policy_for(subset),
+                        insts,
+                        topology,
                     )
+                    clusters.append(_secured(own, name, via, opts))
     for inst in topology.all_instances():
         listeners.append(_inbound_listener(inst, policy.destinations.get(inst.service), opts))
         clusters.append(_inbound_cluster(inst))

@@ -297,13 +297,18 @@ class CallResult:
 
 
 async def call_unary(
-    channel: Any, path: str, request: bytes = b"", *, deadline: float | None = 5.0
+    channel: Any,
+    path: str,
+    request: bytes = b"",
+    *,
+    deadline: float | None = 5.0,
+    metadata: tuple[tuple[str, str], ...] | None = None,
 ) -> CallResult:
     """Call `path` ("/pkg.Service/Method") on a grpc.aio channel with raw bytes; never raises
     for a gRPC error (the status is in the result)."""
     start = time.monotonic()
     try:
-        response = await channel.unary_unary(path)(request, timeout=deadline)
+        response = await channel.unary_unary(path)(request, timeout=deadline, metadata=metadata)
     except grpc.aio.AioRpcError as e:
         return CallResult(e.code(), e.details() or "", time.monotonic() - start)
     return CallResult(grpc.StatusCode.OK, "", time.monotonic() - start, response)

@@ -2,7 +2,8 @@
 under supervisord.
 
 Envoy plays the mesh (mesh/): the gateway on 8080 and the sidecars through which order reaches
-payment and payment reaches promotion, with the policy of the chart's `mesh:` values.
+payment and payment reaches promotion, with the policy of the chart's `mesh:` values, over
+mTLS with a certificate per service from a local CA (`pki/`, stack/pki.py).
 supervisord restarts any process that dies — the local form of Kubernetes' self-healing — and
 stops them all together. Everything lives under the run folder (default `.run/`): the
 configuration, the logs, the SQLite files and the JetStream store, so data survives `down`
@@ -23,13 +24,23 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import yaml  # type: ignore[import-untyped,unused-ignore]
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mesh.envoy import render_envoy_config, write_envoy_config
+from client.issuer import DevIssuer
+from mesh.edge import EndUserAuth
+from mesh.envoy import RenderOptions, render_envoy_config, write_envoy_config
 from mesh.policy import load_policy, parse_fault
 from mesh.process import AdminClient, envoy_binary
+from mesh.security import GATEWAY, MeshTls, load_identities
+from mesh.storefront import PREFIX as STOREFRONT_PREFIX
+from mesh.storefront import Storefront
 from mesh.topology import DEFAULT_SIDECAR_PORTS, Address, Topology, build_topology
-from services.kit.config import DEFAULT_PORTS, SERVICE_NAMES
+from mesh.tracing import with_tracing
+from services.kit.config import DEFAULT_PORTS, SERVICE_NAMES, default_metrics_port
+from services.kit.tracing import endpoint as otlp_endpoint
+from stack.nats import NatsAuth
+from stack.pki import ensure_certificates
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -38,6 +49,11 @@ DESCRIPTORS = REPO / "gen" / "descriptors.binpb"
 #: Replica r of a service listens on its port + REPLICA_PORT_STEP * r (50051, 50061, …).
 REPLICA_PORT_STEP = 10
 SERVICES_GROUP = "services"
+
+
+def otel_environment() -> dict[str, str]:
+    """The `OTEL_*` variables of this process's environment (docs/observability.md)."""
+    return {name: value for name, value in os.environ.items() if name.startswith("OTEL_")}
 
 
 def _env_int(name: str, default: int) -> int:
@@ -66,6 +82,11 @@ class LocalStack:
     service_env: dict[str, dict[str, str]] = field(default_factory=dict)
     replica_env: dict[str, dict[str, str]] = field(default_factory=dict)
     ready_timeout: float = 90.0
+    #: Prometheus metrics port per replica, when not derived from its gRPC port (94xx).
+    metrics_ports: dict[str, list[int]] = field(default_factory=dict)
+    #: `OTEL_*` variables for every service, and with an endpoint Envoy's tracer; by default
+    #: those of the environment `make up` runs in (tracing is off without an endpoint).
+    otel_env: dict[str, str] = field(default_factory=otel_environment)
 
     @classmethod
     def from_env(cls) -> LocalStack:
@@ -105,13 +126,36 @@ class LocalStack:
         return f"nats://127.0.0.1:{self.nats_port}"
 
     @property
+    def nats_auth(self) -> NatsAuth:
+        """The NATS users: a seed per service (and `admin`) in `nats/`, kept across up/down."""
+        return NatsAuth(self.run_dir / "nats")
+
+    @property
     def gateway(self) -> str:
         return f"127.0.0.1:{self.gateway_port}"
+
+    @property
+    def storefront_url(self) -> str:
+        """The storefront page, served by the gateway (mesh/storefront.py)."""
+        return f"http://{self.gateway}{STOREFRONT_PREFIX}"
 
     def replica_port(self, service: str, replica: int) -> int:
         if service in self.instance_ports:
             return self.instance_ports[service][replica]
         return self.ports[service] + REPLICA_PORT_STEP * replica
+
+    def metrics_port(self, service: str, replica: int) -> int:
+        if service in self.metrics_ports:
+            return self.metrics_ports[service][replica]
+        return default_metrics_port(self.replica_port(service, replica))
+
+    def metrics_urls(self) -> dict[str, str]:
+        """Every replica's Prometheus endpoint, by replica name."""
+        return {
+            self.replica_name(s, r): f"http://127.0.0.1:{self.metrics_port(s, r)}/metrics"
+            for s in SERVICE_NAMES
+            for r in range(self.replicas)
+        }
 
     def replica_name(self, service: str, replica: int) -> str:
         """A replica's name: `order-0`, `order-1`, … (its log file, its `replica_env` key)."""
@@ -154,8 +198,36 @@ class LocalStack:
         policy = load_policy(VALUES)
         for service, fault in self.faults().items():
             policy = policy.with_fault(service, parse_fault(fault))
-        config = render_envoy_config(policy, self.topology(), DESCRIPTORS)
+        config = render_envoy_config(
+            policy, self.topology(), DESCRIPTORS, options=self.render_options()
+        )
+        if endpoint := otlp_endpoint(self.otel_env):
+            config = with_tracing(config, endpoint)  # the proxies' spans beside the services'
         write_envoy_config(config, self.envoy_config_path)
+
+    @property
+    def issuer(self) -> DevIssuer:
+        """The development issuer (`phoneseller token` signs with its key)."""
+        return DevIssuer(self.run_dir / "auth")
+
+    def render_options(self) -> RenderOptions:
+        """How the mesh is rendered: the gateway verifies the development issuer's tokens; the
+        proxies speak mTLS with the certificates of `pki/` and authorize by identity."""
+        values = yaml.safe_load(VALUES.read_text())
+        end_users = EndUserAuth.from_values(values, self.issuer.ensure().jwks_path)
+        return RenderOptions(end_users=end_users, mtls=self.mesh_tls(), storefront=Storefront())
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.run_dir / "pki"
+
+    def mesh_tls(self) -> MeshTls:
+        """The mesh's identities (mesh/security.py): a local CA and a certificate per service
+        and for the gateway in `pki/`, made on first use, kept across up/down, renewed near
+        expiry (stack/pki.py). Envoy reads them when it starts."""
+        identities = load_identities(VALUES)
+        ensure_certificates(self.pki_dir, identities, [*SERVICE_NAMES, GATEWAY])
+        return MeshTls.in_dir(self.pki_dir, identities=identities)
 
     def env_for(self, service: str, replica: int) -> dict[str, str]:
         sidecars = self.topology().sidecars
@@ -163,6 +235,9 @@ class LocalStack:
             "PHONESELLER_GRPC_PORT": str(self.replica_port(service, replica)),
             "PHONESELLER_DATA_DIR": str(self.run_dir / "data"),
             "PHONESELLER_NATS_URL": self.nats_url,
+            "PHONESELLER_METRICS_PORT": str(self.metrics_port(service, replica)),
+            **self.otel_env,
+            "PHONESELLER_NATS_NKEY_FILE": str(self.nats_auth.seed_file(service)),
             # Calls between services pass the mesh: the sidecar listeners of Envoy.
             **{f"PHONESELLER_{name.upper()}_ADDRESS": str(a) for name, a in sidecars.items()},
             "PYTHONUNBUFFERED": "1",
@@ -174,6 +249,7 @@ class LocalStack:
         for folder in (self.logs, self.run_dir / "data", self.run_dir / "jetstream"):
             folder.mkdir(parents=True, exist_ok=True)
         self.write_envoy_config()
+        nats_config = self.nats_auth.write_server_config()
         sections = [
             f"[unix_http_server]\nfile={self.socket_path}\n",
             f"[supervisord]\nlogfile={self.logs / 'supervisord.log'}\n"
@@ -184,7 +260,7 @@ class LocalStack:
             self._program(
                 "nats",
                 f"{BIN / 'nats-server'} -a 127.0.0.1 -p {self.nats_port} -js "
-                f"-sd {self.run_dir / 'jetstream'}",
+                f"-sd {self.run_dir / 'jetstream'} -c {nats_config}",
                 {},
                 priority=10,
             ),
@@ -294,14 +370,24 @@ class LocalStack:
     # --- commands -----------------------------------------------------------------------
 
     def print_endpoints(self) -> None:
+        # The page first: it is where someone new to the system starts (docs/storefront.md).
+        print(f"\nstorefront: {self.storefront_url}   (docs/storefront.md)")
         print(f"\nphoneseller is up ({self.replicas} replica(s) of each service):")
         print(f"  gateway    {self.gateway}   gRPC and HTTP/JSON — use this one")
         for service in SERVICE_NAMES:
             ports = ", ".join(str(self.replica_port(service, r)) for r in range(self.replicas))
             print(f"  {service:<10} 127.0.0.1:{ports}   (direct, behind the mesh)")
         print(f"  envoy      http://127.0.0.1:{self.admin_port}/stats   admin")
-        print(f"  nats       {self.nats_url}")
+        print(f"  metrics    http://127.0.0.1:{self.admin_port}/stats/prometheus   (Envoy)")
+        for name, url in self.metrics_urls().items():
+            print(f"             {url}   ({name})")
+        traces = otlp_endpoint(self.otel_env)
+        where = f"OTLP to {traces}" if traces else "off (set OTEL_EXPORTER_OTLP_ENDPOINT)"
+        print(f"  traces     {where}")
+        admin_key = self.nats_auth.seed_file("admin")
+        print(f"  nats       {self.nats_url}   an nkey per service; the admin's: {admin_key}")
         print(f"  logs       {self.logs}")
+        print(f"  pki        {self.pki_dir}   the mesh's CA and a certificate per service")
         print("\ntry:")
         print("  .venv/bin/phoneseller demo")
         print(f"  .venv/bin/grpcurl -plaintext {self.gateway} list")

@@ -21,6 +21,7 @@ from services.customer.domain import (
 )
 from services.customer.repository import CustomerUnitOfWork
 from services.customer.usecases import customer_history
+from services.kit import identity
 from services.kit.clock import timestamp
 from services.kit.validation import Violations
 
@@ -90,7 +91,9 @@ class CustomerServicer(pb_grpc.CustomerServiceServicer):
         request: pb.GetCustomerHistoryRequest,
         context: grpc.aio.ServicerContext,
     ) -> pb.CustomerHistory:
+        caller = identity.current()
         check = Violations()
         check.identifier("customer_id", request.customer_id)
         check.check()
+        caller.require_reading(request.customer_id, "the history")
         return to_proto(await customer_history(self.unit_of_work(), request.customer_id))

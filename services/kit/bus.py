@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import nats
 from nats.aio.client import Client
@@ -63,6 +64,24 @@ class PublishError(Exception):
     """JetStream refused an event (or no stream takes its subject)."""
 
 
+def private_inbox(user: str) -> str:
+    """The inbox prefix of NATS user `user`. What the server sends a process (acknowledgements,
+    pulled events, API answers) goes to its inboxes, and each user may subscribe to its own
+    prefix only (stack/nats.py), so no service reads another's."""
+    return f"_INBOX_{user}"
+
+
+def auth_options(user: str, nkey_file: str) -> dict[str, Any]:
+    """`nats.connect` options of a process that is NATS user `user` and signs the server's
+    challenge with the nkey seed in `nkey_file` ("": no credentials, for a server without
+    authorization). nats-py keeps the public key of the first connection for every
+    reconnection, so a rotated seed takes a restart of the process (docs/deploy.md)."""
+    options: dict[str, Any] = {"inbox_prefix": private_inbox(user)}
+    if nkey_file:
+        options["nkeys_seed"] = nkey_file
+    return options
+
+
 class EventBus:
     """A reconnecting NATS client plus the JetStream stream the system publishes to."""
 
@@ -74,8 +93,13 @@ class EventBus:
         retention: StreamRetention | None = None,
         name: str = "phoneseller",
         on_state_change: Callable[[bool], Awaitable[None]] | None = None,
+        user: str = "",
+        nkey_file: str = "",
     ) -> None:
         self.url = url
+        #: The NATS user this process is (default: its name) and that user's nkey seed file.
+        self.user = user or name
+        self.nkey_file = nkey_file
         self.stream_replicas = stream_replicas
         self.retention = retention or StreamRetention()
         self.name = name
@@ -134,6 +158,7 @@ class EventBus:
                     disconnected_cb=self._disconnected,
                     reconnected_cb=self._reconnected,
                     error_cb=self._error,
+                    **auth_options(self.user, self.nkey_file),
                 )
             except Exception as exc:
                 log.warning(
@@ -225,6 +250,17 @@ class EventBus:
         await self._report(True)
 
     async def _error(self, exc: Exception) -> None:
+        if "permissions violation" in str(exc).lower():
+            # The server refused a publish or subscription: a grant that does not match what
+            # this process does (stack/nats.py, docs/deploy.md). The publish waits in vain for
+            # its ack, so say why here.
+            log.error("NATS refused this user", extra={"user": self.user, "error": str(exc)})
+            return
+        if "authorization violation" in str(exc).lower():
+            # Our key is not (or no longer) the server's: the client keeps reconnecting, and
+            # gets in once the server and our seed file agree again (a rotation half done).
+            log.warning("NATS refuses our credentials", extra={"user": self.user})
+            return
         log.debug("nats client error", extra={"error": str(exc)})
 
     async def close(self) -> None:

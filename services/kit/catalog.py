@@ -1,10 +1,11 @@
 """The services, as the chart's values list them: the one list everything else reads.
 
 `helm/phoneseller/values.yaml` holds each service once under `services:` — its gRPC service,
-its port on one machine, the methods the gateway exposes and which other services may call
-which of its internal methods. The chart renders Deployments, Services, the ingress gateway's
-allow-list and the AuthorizationPolicies from it; `mesh/` renders the local Envoy from it;
-`stack/` starts the processes on its ports; the kit's configuration takes its defaults from it.
+its port on one machine, the methods the gateway exposes (and to which end-user roles) and
+which other services may call which of its internal methods. The chart renders Deployments,
+Services, the ingress gateway's allow-list and the AuthorizationPolicies from it; `mesh/`
+renders the local Envoy from it; `stack/` starts the processes on its ports; the kit's
+configuration takes its defaults from it.
 A method that no entry lists is closed: the gateway refuses it and no service may call it.
 
 In a container the chart sets every setting explicitly, so the values file (which is not
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import yaml  # type: ignore[import-untyped,unused-ignore]
 
+#: The end-user roles a bearer token may carry (services/kit/identity.py says what each may do).
+ROLES = ("customer", "dealer", "operator")
 #: The chart's values, when running from the repository.
 VALUES = Path(__file__).resolve().parents[2] / "helm" / "phoneseller" / "values.yaml"
 
@@ -39,14 +42,19 @@ class ServiceSpec:
     #: Where it listens on one machine (`make run`; replicas add 10 each). In a cluster every
     #: pod listens on the chart's one gRPC port behind its own Service.
     local_port: int
-    #: Methods the ingress gateway exposes (and only these).
-    public_methods: tuple[str, ...]
+    #: Methods the ingress gateway exposes (and only these), with the end-user roles whose
+    #: tokens may call each.
+    public_roles: Mapping[str, tuple[str, ...]]
     #: Internal methods by the service allowed to call them.
     callers: Mapping[str, tuple[str, ...]]
 
     def path(self, method: str) -> str:
         """The gRPC path of one of this service's methods: /package.Service/Method."""
         return f"/{self.grpc_service}/{method}"
+
+    @property
+    def public_methods(self) -> tuple[str, ...]:
+        return tuple(self.public_roles)
 
     @property
     def public_paths(self) -> tuple[str, ...]:
@@ -87,6 +95,11 @@ class Catalog:
     def internal_paths(self) -> tuple[str, ...]:
         return tuple(p for spec in self for p in spec.internal_paths)
 
+    @property
+    def roles_by_path(self) -> dict[str, tuple[str, ...]]:
+        """The end-user roles that may call each public method, by gRPC path."""
+        return {spec.path(m): roles for spec in self for m, roles in spec.public_roles.items()}
+
     def calls(self) -> Iterator[tuple[str, str, str]]:
         """(caller, callee, method) for every internal call the values allow."""
         for spec in self:
@@ -119,14 +132,19 @@ def parse_catalog(values: Mapping[str, object]) -> Catalog:
             raise CatalogError(f"{where} must be a mapping")
         grpc_service = entry.get("grpcService")
         port = entry.get("localPort")
-        public = entry.get("publicMethods", [])
+        public = entry.get("publicMethods", {})
         callers = entry.get("callers", {})
         if not isinstance(grpc_service, str) or grpc_service.count(".") < 1:
             raise CatalogError(f"{where}.grpcService must name a gRPC service")
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             raise CatalogError(f"{where}.localPort must be a port number")
-        if not isinstance(public, list) or not all(isinstance(m, str) for m in public):
-            raise CatalogError(f"{where}.publicMethods must be a list of method names")
+        if not isinstance(public, Mapping):
+            raise CatalogError(f"{where}.publicMethods must map method names to roles")
+        for method, roles in public.items():
+            if not isinstance(roles, list) or not roles or not set(roles) <= set(ROLES):
+                raise CatalogError(
+                    f"{where}.publicMethods.{method} must list roles among {', '.join(ROLES)}"
+                )
         if not isinstance(callers, Mapping):
             raise CatalogError(f"{where}.callers must map services to method lists")
         for caller, methods in callers.items():
@@ -140,7 +158,7 @@ def parse_catalog(values: Mapping[str, object]) -> Catalog:
             name=str(name),
             grpc_service=grpc_service,
             local_port=port,
-            public_methods=tuple(public),
+            public_roles={str(m): tuple(roles) for m, roles in public.items()},
             callers={str(c): tuple(ms) for c, ms in callers.items()},
         )
     ports = [s.local_port for s in specs.values()]

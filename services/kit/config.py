@@ -35,6 +35,12 @@ SERVICE_NAMES = _service_names()
 DEFAULT_PORTS = catalog.catalog().local_ports if catalog.available() else {}
 
 
+def default_metrics_port(grpc_port: int) -> int:
+    """Where a service serves Prometheus metrics on one machine: 94xx beside its gRPC port
+    500xx (order 50051 -> 9451, its second replica 50061 -> 9461)."""
+    return 9400 + grpc_port % 100
+
+
 class ConfigError(ValueError):
     """A setting is missing or malformed; the process cannot start."""
 
@@ -49,6 +55,8 @@ class Settings:
     data_dir: Path
     database_url: str
     nats_url: str
+    #: This service's NATS nkey seed file ("": connect without credentials).
+    nats_nkey_file: str
     stream_replicas: int
     stream_max_age_seconds: float
     stream_max_bytes: int
@@ -61,6 +69,8 @@ class Settings:
     log_level: str
     shutdown_grace_seconds: float
     shutdown_drain_seconds: float
+    #: Port of the Prometheus metrics endpoint (`GET /metrics` on grpc_host); 0 = none.
+    metrics_port: int = 0
 
     @property
     def grpc_address(self) -> str:
@@ -107,6 +117,7 @@ class Settings:
             data_dir=data_dir,
             database_url=get("DATABASE_URL", f"sqlite:///{data_dir / service}.db"),
             nats_url=get("NATS_URL", "nats://127.0.0.1:4222"),
+            nats_nkey_file=get("NATS_NKEY_FILE", ""),
             stream_replicas=get_int("STREAM_REPLICAS", 1),
             stream_max_age_seconds=get_float("STREAM_MAX_AGE_SECONDS", 0.0),
             stream_max_bytes=get_int("STREAM_MAX_BYTES", 0),
@@ -119,11 +130,18 @@ class Settings:
             log_level=get("LOG_LEVEL", "INFO").upper(),
             shutdown_grace_seconds=get_float("SHUTDOWN_GRACE_SECONDS", 10.0),
             shutdown_drain_seconds=get_float("SHUTDOWN_DRAIN_SECONDS", 2.0),
+            metrics_port=get_int(
+                "METRICS_PORT",
+                default_metrics_port(DEFAULT_PORTS[service]) if service in DEFAULT_PORTS else 0,
+            ),
         )
         if not 0 <= settings.points_rate_percent <= 100:
             raise ConfigError("PHONESELLER_POINTS_RATE_PERCENT must be between 0 and 100")
         if settings.stream_replicas not in (1, 3, 5):
             raise ConfigError("PHONESELLER_STREAM_REPLICAS must be 1, 3 or 5")
+        if settings.nats_nkey_file and not Path(settings.nats_nkey_file).is_file():
+            # Fail at start rather than retry a connection that can never authenticate.
+            raise ConfigError(f"PHONESELLER_NATS_NKEY_FILE: no file {settings.nats_nkey_file}")
         if settings.stream_max_age_seconds < 0 or settings.stream_max_bytes < 0:
             raise ConfigError("PHONESELLER_STREAM_MAX_AGE_SECONDS and _MAX_BYTES must be >= 0")
         if settings.inbox_retention_seconds < DUPLICATE_WINDOW_SECONDS:

@@ -104,6 +104,18 @@ def already_exists(
     return ServiceError(grpc.StatusCode.ALREADY_EXISTS, message, reason, dict(metadata or {}))
 
 
+def unauthenticated(reason: str, message: str) -> ServiceError:
+    """The call carries no (valid) identity: sign in and send the token."""
+    return ServiceError(grpc.StatusCode.UNAUTHENTICATED, message, reason)
+
+
+def permission_denied(
+    reason: str, message: str, metadata: Mapping[str, str] | None = None
+) -> ServiceError:
+    """The caller is known and may not do this (nothing was changed)."""
+    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, message, reason, dict(metadata or {}))
+
+
 def unavailable(
     reason: str,
     message: str,
@@ -170,8 +182,10 @@ __all__ = [
     "internal",
     "invalid_argument",
     "not_found",
+    "permission_denied",
     "retry_delay_seconds",
     "status_code",
     "trailing_metadata",
+    "unauthenticated",
     "unavailable",
 ]

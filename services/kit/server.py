@@ -27,13 +27,14 @@ from phoneseller.promotion.v1 import promotion_service_pb2
 from phoneseller.store.v1 import store_service_pb2
 from sqlalchemy import MetaData
 
-from services.kit import context, errors, logs, tables
+from services.kit import context, errors, identity, logs, metrics, tables, tracing
 from services.kit.bus import EventBus, StreamRetention
 from services.kit.config import Settings
 from services.kit.consumer import BatchHandler, ConsumerSettings, EventConsumer, Handler
 from services.kit.db import Database, DatabaseUnavailableError
 from services.kit.events import EventTypes
 from services.kit.health import Health
+from services.kit.metrics_server import Gauges, MetricsServer
 from services.kit.outbox import OutboxRelay
 from services.kit.uow import UnitOfWork
 
@@ -101,7 +102,8 @@ class ServiceDefinition:
 
 
 class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Binds trace and correlation context to each call and turns errors into rich statuses."""
+    """Binds trace and correlation context and the signed-in caller (services.kit.identity)
+    to each call, and turns errors into rich statuses."""
 
     def __init__(self, service: str) -> None:
         self.service = service
@@ -126,10 +128,13 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def handle(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
             metadata = {k: v for k, v in ctx.invocation_metadata() or () if isinstance(v, str)}
             order_id = getattr(request, "order_id", "") or metadata.get("x-correlation-id", "")
-            with context.bound(order_id=order_id, parent=metadata.get("traceparent", "")):
+            with context.bound(
+                order_id=order_id, parent=metadata.get("traceparent", ""), incoming=metadata
+            ):
                 log.debug("call started", extra={"method": method})
                 try:
-                    return await behavior(request, ctx)
+                    with identity.bound(metadata):
+                        return await behavior(request, ctx)
                 except errors.ServiceError as exc:
                     log.info(
                         "call refused",
@@ -173,6 +178,7 @@ def build_runtime(definition: ServiceDefinition, settings: Settings, health: Hea
 
     bus = EventBus(
         settings.nats_url,
+        nkey_file=settings.nats_nkey_file,
         stream_replicas=settings.stream_replicas,
         retention=StreamRetention(settings.stream_max_age_seconds, settings.stream_max_bytes),
         name=settings.service,
@@ -183,7 +189,12 @@ def build_runtime(definition: ServiceDefinition, settings: Settings, health: Hea
 
 def build_server(definition: ServiceDefinition, runtime: Runtime, parts: ServiceParts) -> Any:
     server = grpc.aio.server(
-        interceptors=[RequestInterceptor(runtime.settings.service)],
+        # Tracing's (only when it is on) outermost, so its span covers the rest.
+        interceptors=[
+            *tracing.server_interceptors(),
+            metrics.RpcMetricsInterceptor(),
+            RequestInterceptor(runtime.settings.service),
+        ],
         # Refuse to share a port: two processes on one port would split traffic silently.
         options=[("grpc.so_reuseport", 0)],
     )
@@ -269,6 +280,7 @@ async def serve(
 ) -> int:
     """Run a service until SIGTERM/SIGINT (or `stop`), then drain and return the exit code."""
     logs.configure(settings.service, settings.log_level)
+    tracing.configure(settings.service)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -289,8 +301,36 @@ async def serve(
             "nats_url": settings.nats_url,
         },
     )
+    metrics_server = await start_metrics(runtime, parts)
     starting = asyncio.create_task(start_event_flow(runtime, parts))
     await stop.wait()
     await drain(runtime, server, parts, starting)
+    if metrics_server is not None:
+        await metrics_server.close()
     log.info("stopped")
+    tracing.shutdown()
     return 0
+
+
+async def start_metrics(runtime: Runtime, parts: ServiceParts) -> MetricsServer | None:
+    """Serve Prometheus metrics on the metrics port (none if it is 0 or taken: a service
+    answers its calls whether or not it can be watched)."""
+    settings = runtime.settings
+    if not settings.metrics_port:
+        return None
+    consumer = settings.service if parts.consumes is not None else None
+    server = MetricsServer(
+        settings.grpc_host, settings.metrics_port, Gauges(runtime.database, runtime.bus, consumer)
+    )
+    try:
+        await server.start()
+    except OSError as exc:
+        log.error(
+            "no metrics endpoint: cannot listen",
+            extra={"metrics_port": settings.metrics_port, "error": str(exc)},
+        )
+        return None
+    log.info(
+        "metrics", extra={"url": f"http://{settings.grpc_host}:{settings.metrics_port}/metrics"}
+    )
+    return server

@@ -1,4 +1,4 @@
-"""OrderService over gRPC: validate, call a use case, convert to proto."""
+"""OrderService over gRPC: who calls, validate, call a use case, convert to proto."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import grpc
 from phoneseller.order.v1 import order_service_pb2 as pb
 from phoneseller.order.v1 import order_service_pb2_grpc as pb_grpc
 
+from services.kit import identity
 from services.kit.clock import timestamp
 from services.kit.validation import MAX_AMOUNT, Violations
 from services.order import usecases
@@ -53,6 +54,7 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
     async def PlaceOrder(
         self, request: pb.PlaceOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.Order:
+        caller = identity.current()
         check = Violations()
         check.identifier("customer_id", request.customer_id)
         check.text("item", request.item, max_length=100)
@@ -66,6 +68,7 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
         ):
             check.add("unit_price", "quantity × unit_price exceeds the largest payable amount")
         check.check()
+        caller.require_acting_for(request.customer_id, "orders")
         command = usecases.PlaceOrder(
             customer_id=request.customer_id,
             item=request.item,
@@ -78,19 +81,23 @@ class OrderServicer(pb_grpc.OrderServiceServicer):
     async def GetOrder(
         self, request: pb.GetOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.Order:
+        caller = identity.current()
         check = Violations()
         check.identifier("order_id", request.order_id)
         check.check()
-        return to_proto(await usecases.get_order(self.unit_of_work(), request.order_id))
+        order = await usecases.get_order(self.unit_of_work(), request.order_id)
+        caller.require_reading(order.customer_id, "the orders")
+        return to_proto(order)
 
     async def CancelOrder(
         self, request: pb.CancelOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.Order:
+        caller = identity.current()
         check = Violations()
         check.identifier("order_id", request.order_id)
         check.identifier("request_id", request.request_id, required=False)
         check.check()
         order = await usecases.cancel_order(
-            self.unit_of_work(), self.payment, request.order_id, request.request_id
+            self.unit_of_work(), self.payment, request.order_id, request.request_id, caller
         )
         return to_proto(order)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from services.kit import context, errors
+from services.kit.identity import Caller
 from services.order.domain import Order, OrderStatus
 from services.order.repository import OrderUnitOfWork
 
@@ -112,14 +113,16 @@ async def get_order(uow: OrderUnitOfWork, order_id: str) -> Order:
 
 
 async def cancel_order(
-    uow: OrderUnitOfWork, payment: PaymentPort, order_id: str, request_id: str
+    uow: OrderUnitOfWork, payment: PaymentPort, order_id: str, request_id: str, caller: Caller
 ) -> Order:
     """Cancel the payment (which claws the points back first), then the order.
 
+    Only the customer who placed it may (PERMISSION_DENIED for anyone else, nothing changes).
     If the payment cannot be cancelled now, nothing changes and the caller gets the payment
     side's answer (UNAVAILABLE with RetryInfo, or FAILED_PRECONDITION).
     """
     order = await get_order(uow, order_id)
+    caller.require_acting_for(order.customer_id, "the orders")
     if order.status is OrderStatus.CANCELLED:
         return order
     if order.status is OrderStatus.SHIPPED:

@@ -8,6 +8,7 @@ import grpc
 from phoneseller.payment.v1 import payment_service_pb2 as pb
 from phoneseller.payment.v1 import payment_service_pb2_grpc as pb_grpc
 
+from services.kit import identity
 from services.kit.clock import timestamp
 from services.kit.validation import MAX_AMOUNT, Violations
 from services.payment import usecases
@@ -58,10 +59,13 @@ class PaymentServicer(pb_grpc.PaymentServiceServicer):
     async def GetPayment(
         self, request: pb.GetPaymentRequest, context: grpc.aio.ServicerContext
     ) -> pb.Payment:
+        caller = identity.current()
         check = Violations()
         check.identifier("payment_id", request.payment_id)
         check.check()
-        return to_proto(await usecases.get_payment(self.unit_of_work(), request.payment_id))
+        payment = await usecases.get_payment(self.unit_of_work(), request.payment_id)
+        caller.require_reading(payment.customer_id, "the payments")
+        return to_proto(payment)
 
     async def CancelPayment(
         self, request: pb.CancelPaymentRequest, context: grpc.aio.ServicerContext

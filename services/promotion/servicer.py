@@ -8,6 +8,7 @@ import grpc
 from phoneseller.promotion.v1 import promotion_service_pb2 as pb
 from phoneseller.promotion.v1 import promotion_service_pb2_grpc as pb_grpc
 
+from services.kit import identity
 from services.kit.clock import timestamp
 from services.kit.validation import Violations
 from services.promotion import usecases
@@ -73,9 +74,11 @@ class PromotionServicer(pb_grpc.PromotionServiceServicer):
     async def GetPointBalance(
         self, request: pb.GetPointBalanceRequest, context: grpc.aio.ServicerContext
     ) -> pb.PointBalance:
+        caller = identity.current()
         check = Violations()
         check.identifier("customer_id", request.customer_id)
         check.check()
+        caller.require_reading(request.customer_id, "the point balance")
         found = await usecases.point_balance(self.unit_of_work(), request.customer_id)
         return pb.PointBalance(
             customer_id=found.customer_id,

@@ -40,10 +40,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
 def describe(running: System) -> str:
     import asyncio
 
-    import nats
-
     async def consumers() -> list[str]:
-        client = await nats.connect(running.nats.url)
+        client = await running.nats.connect()
         try:
             js = client.jetstream()
             info = await js.stream_info("PHONESELLER")

@@ -14,6 +14,7 @@ from phoneseller.customer.v1 import customer_service_pb2 as customer_pb
 from phoneseller.order.v1 import order_service_pb2 as order_pb
 from phoneseller.promotion.v1 import promotion_service_pb2 as promotion_pb
 
+from tests.support.identity import as_customer, as_operator
 from tests.support.system import System
 from tests.support.waiting import wait_until
 
@@ -37,27 +38,33 @@ def place(
             request_id=request_id or uuid.uuid4().hex,
         ),
         timeout=15,
+        metadata=as_customer(customer),
     )
     return order
 
 
 def get_order(system: System, order_id: str) -> order_pb.Order:
+    """The order, read as an operator (who may read anyone's)."""
     order: order_pb.Order = system.orders.GetOrder(
-        order_pb.GetOrderRequest(order_id=order_id), timeout=5
+        order_pb.GetOrderRequest(order_id=order_id), timeout=5, metadata=as_operator()
     )
     return order
 
 
 def history(system: System, customer: str) -> customer_pb.CustomerHistory:
     result: customer_pb.CustomerHistory = system.customers.GetCustomerHistory(
-        customer_pb.GetCustomerHistoryRequest(customer_id=customer), timeout=5
+        customer_pb.GetCustomerHistoryRequest(customer_id=customer),
+        timeout=5,
+        metadata=as_customer(customer),
     )
     return result
 
 
 def balance(system: System, customer: str) -> promotion_pb.PointBalance:
     result: promotion_pb.PointBalance = system.promotion.GetPointBalance(
-        promotion_pb.GetPointBalanceRequest(customer_id=customer), timeout=5
+        promotion_pb.GetPointBalanceRequest(customer_id=customer),
+        timeout=5,
+        metadata=as_customer(customer),
     )
     return result
 

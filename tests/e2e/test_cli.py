@@ -1,26 +1,28 @@
-"""The `phoneseller` command against the whole system: the real console script as a process.
-
-Until the gateway is in front of the services, each service's calls go to its own port with
-the per-service address options; `--address` points at a closed port so that a call that
-forgot its override fails instead of reaching something else on 8080.
+"""The `phoneseller` command against the whole system: the real console script as a process,
+through the local gateway, signing in with the stack's development issuer as `make up` leaves it
+(`PHONESELLER_RUN_DIR` points the command at the stack's folder, as `.run/` is by default).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from phoneseller.customer.v1 import customer_service_pb2 as customer_pb
 from phoneseller.order.v1 import order_service_pb2 as order_pb
 from phoneseller.store.v1 import store_service_pb2 as store_pb
 
-from client.api import SERVICES, Addresses, PhoneSeller
-from client.demo import Action, ControlError, Demo, supervisor_control
-from tests.e2e.saga import wait_order, wait_view
-from tests.support.system import System
+from client.api import Addresses, PhoneSeller
+from client.demo import ControlError, Demo, supervisor_control
+from client.signin import DevSignIn
+from stack.supervisor import LocalStack
+from tests.support.stack import running_stack, stack_on_free_ports
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -29,25 +31,61 @@ BIN = Path(sys.executable).parent
 PHONESELLER = BIN / "phoneseller"
 
 
-def addresses(system: System) -> Addresses:
-    return Addresses(**{s: f"127.0.0.1:{system.ports[s]}" for s in SERVICES})
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with running_stack(stack_on_free_ports(tmp_path_factory.mktemp("cli"))) as running:
+        yield running
 
 
-def run(system: System, *argv: str) -> subprocess.CompletedProcess[str]:
-    options = ["--address", "127.0.0.1:1"]
-    for service in SERVICES:
-        options += [f"--{service}-address", f"127.0.0.1:{system.ports[service]}"]
+def api(stack: LocalStack) -> PhoneSeller:
+    """The client library over the gateway, signed in by the stack's issuer (an operator for
+    reads that name no customer)."""
+    return PhoneSeller(
+        Addresses.through(stack.gateway), timeout=10, sign_in=DevSignIn(stack.issuer)
+    )
+
+
+def run(stack: LocalStack, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(PHONESELLER), *options, *argv],
+        [str(PHONESELLER), "--address", stack.gateway, *argv],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        env={**os.environ, "PHONESELLER_RUN_DIR": str(stack.run_dir)},
     )
 
 
-def ok(system: System, *argv: str) -> subprocess.CompletedProcess[str]:
-    result = run(system, *argv)
+def wait_order(
+    stack: LocalStack, order_id: str, message: str, **expected: object
+) -> order_pb.Order:
+    with api(stack) as reader:
+
+        def matches() -> order_pb.Order | None:
+            order = reader.get_order(order_id)
+            return order if all(getattr(order, k) == v for k, v in expected.items()) else None
+
+        return wait_until(matches, timeout=30, interval=0.1, message=message)
+
+
+def wait_view(
+    stack: LocalStack, customer: str, order_id: str, message: str, **expected: object
+) -> customer_pb.OrderHistory:
+    with api(stack) as reader:
+
+        def matches() -> customer_pb.OrderHistory | None:
+            for entry in reader.history(customer).orders:
+                if entry.order_id == order_id and all(
+                    getattr(entry, k) == v for k, v in expected.items()
+                ):
+                    return entry
+            return None
+
+        return wait_until(matches, timeout=30, interval=0.1, message=message)
+
+
+def ok(stack: LocalStack, *argv: str) -> subprocess.CompletedProcess[str]:
+    result = run(stack, *argv)
     assert result.returncode == 0, f"{argv}: exit {result.returncode}\n{result.stderr}"
     return result
 
@@ -74,62 +112,64 @@ def place_args(customer: str, unit_price: int = 1_234_567, quantity: int = 2) ->
     ]
 
 
-def test_place_get_history_balance_as_tables(system: System, customer: str) -> None:
-    placed = ok(system, *place_args(customer)).stdout
+def test_place_get_history_balance_as_tables(stack: LocalStack, customer: str) -> None:
+    placed = ok(stack, *place_args(customer)).stdout
     order_id = row(placed, "order")
     assert row(placed, "status") == "PAID"
     assert row(placed, "unit price") == "1,234,567 won"
     assert row(placed, "amount") == "2,469,134 won"
     assert len(row(placed, "request id")) == 32, "a generated request id is shown"
 
-    wait_order(system, order_id, "points on the order", payback_points=246_913)
-    shown = ok(system, "get", order_id).stdout
+    wait_order(stack, order_id, "points on the order", payback_points=246_913)
+    shown = ok(stack, "get", order_id).stdout
     assert row(shown, "payback points") == "246,913"
     assert row(shown, "customer") == customer
 
-    wait_view(system, customer, order_id, "view", points_granted=246_913)
-    history = ok(system, "history", customer, "--timeline").stdout
+    wait_view(stack, customer, order_id, "view", points_granted=246_913)
+    history = ok(stack, "history", customer, "--timeline").stdout
     assert row(history, "point balance") == "246,913"
     (line,) = [line for line in history.splitlines() if line.startswith(order_id)]
     assert line.split()[3:10] == ["2", "2,469,134", "won", "PAID", "PAID", "RECEIVED", "246,913"]
     assert "PayCompleted" in history
 
-    balance = ok(system, "balance", customer).stdout
+    balance = ok(stack, "balance", customer).stdout
     assert row(balance, "point balance") == "246,913"
     assert any(line.split()[3:] == [order_id, "GRANT", "+246,913"] for line in balance.splitlines())
 
 
-def test_cancel_and_ship_as_tables(system: System, customer: str) -> None:
-    first = row(ok(system, *place_args(customer, 1_000_000, 1)).stdout, "order")
-    wait_order(system, first, "points granted", payback_points=100_000)
-    cancelled = ok(system, "cancel", first, "--request-id", f"{customer}-c1").stdout
+def test_cancel_and_ship_as_tables(stack: LocalStack, customer: str) -> None:
+    first = row(ok(stack, *place_args(customer, 1_000_000, 1)).stdout, "order")
+    wait_order(stack, first, "points granted", payback_points=100_000)
+    cancelled = ok(
+        stack, "cancel", first, "--customer", customer, "--request-id", f"{customer}-c1"
+    ).stdout
     assert row(cancelled, "status") == "CANCELLED"
     assert row(cancelled, "payback points") == "0"
     assert row(cancelled, "request id") == f"{customer}-c1"
-    assert row(ok(system, "balance", customer).stdout, "point balance") == "0"
+    assert row(ok(stack, "balance", customer).stdout, "point balance") == "0"
 
-    second = row(ok(system, *place_args(customer, 500_000, 1)).stdout, "order")
+    second = row(ok(stack, *place_args(customer, 500_000, 1)).stdout, "order")
     wait_view(
-        system,
+        stack,
         customer,
         second,
         "the store has the order",
         store_status=store_pb.STORE_ORDER_STATUS_RECEIVED,
     )
-    shipped = ok(system, "ship", second).stdout
+    shipped = ok(stack, "ship", second).stdout
     assert row(shipped, "status") == "SHIPPED"
     assert row(shipped, "shipped") != "-"
-    wait_order(system, second, "order SHIPPED", status=order_pb.ORDER_STATUS_SHIPPED)
+    wait_order(stack, second, "order SHIPPED", status=order_pb.ORDER_STATUS_SHIPPED)
 
-    refused = run(system, "cancel", second)
+    refused = run(stack, "cancel", second, "--customer", customer)
     assert refused.returncode == 1
     assert row(refused.stderr, "error") == "FAILED_PRECONDITION"
     assert row(refused.stderr, "reason") == "ORDER_ALREADY_SHIPPED"
     assert "retry with --request-id" in row(refused.stderr, "request id")
 
 
-def test_every_command_as_json(system: System, customer: str) -> None:
-    result = ok(system, "--json", *place_args(customer, 300_000, 1), "--request-id", "j-1")
+def test_every_command_as_json(stack: LocalStack, customer: str) -> None:
+    result = ok(stack, "--json", *place_args(customer, 300_000, 1), "--request-id", "j-1")
     order = json.loads(result.stdout)
     assert order["status"] == "ORDER_STATUS_PAID"
     assert order["customer_id"] == customer
@@ -138,31 +178,33 @@ def test_every_command_as_json(system: System, customer: str) -> None:
     order_id = order["order_id"]
 
     again = json.loads(
-        ok(system, *place_args(customer, 300_000, 1), "--request-id", "j-1", "--json").stdout
+        ok(stack, *place_args(customer, 300_000, 1), "--request-id", "j-1", "--json").stdout
     )
     assert again["order_id"] == order_id, "the same request id returns the same order"
 
-    wait_order(system, order_id, "points", payback_points=30_000)
-    assert json.loads(ok(system, "get", order_id, "--json").stdout)["payback_points"] == "30000"
-    wait_view(system, customer, order_id, "view", points_granted=30_000)
-    history = json.loads(ok(system, "history", customer, "--json").stdout)
+    wait_order(stack, order_id, "points", payback_points=30_000)
+    assert json.loads(ok(stack, "get", order_id, "--json").stdout)["payback_points"] == "30000"
+    wait_view(stack, customer, order_id, "view", points_granted=30_000)
+    history = json.loads(ok(stack, "history", customer, "--json").stdout)
     assert history["point_balance"] == "30000"
     assert [o["order_id"] for o in history["orders"]] == [order_id]
     assert history["orders"][0]["store_status"] == "STORE_ORDER_STATUS_RECEIVED"
-    balance = json.loads(ok(system, "balance", customer, "--json").stdout)
+    balance = json.loads(ok(stack, "balance", customer, "--json").stdout)
     assert [(e["kind"], e["points"]) for e in balance["entries"]] == [
         ("LEDGER_ENTRY_KIND_GRANT", "30000")
     ]
-    shipped = json.loads(ok(system, "ship", order_id, "--json").stdout)
+    shipped = json.loads(ok(stack, "ship", order_id, "--json").stdout)
     assert shipped["status"] == "STORE_ORDER_STATUS_SHIPPED"
 
-    second = json.loads(ok(system, "--json", *place_args(customer, 200_000, 1)).stdout)
-    cancelled = json.loads(ok(system, "--json", "cancel", second["order_id"]).stdout)
+    second = json.loads(ok(stack, "--json", *place_args(customer, 200_000, 1)).stdout)
+    cancelled = json.loads(
+        ok(stack, "--json", "cancel", second["order_id"], "--customer", customer).stdout
+    )
     assert cancelled["status"] == "ORDER_STATUS_CANCELLED"
 
 
-def test_bad_input_shows_the_field_violation_and_exits_1(system: System) -> None:
-    refused = run(system, *place_args("al ice", quantity=0))
+def test_bad_input_shows_the_field_violation_and_exits_1(stack: LocalStack) -> None:
+    refused = run(stack, *place_args("al ice", quantity=0))
     assert refused.returncode == 1
     assert refused.stdout == ""
     assert row(refused.stderr, "error") == "INVALID_ARGUMENT"
@@ -170,34 +212,30 @@ def test_bad_input_shows_the_field_violation_and_exits_1(system: System) -> None
     assert "1 to 64 characters" in row(refused.stderr, "field customer_id")
     assert row(refused.stderr, "field quantity")
 
-    as_json = run(system, "--json", *place_args("al ice"))
+    as_json = run(stack, "--json", *place_args("al ice"))
     assert as_json.returncode == 1
     error = json.loads(as_json.stderr)["error"]
     assert error["code"] == "INVALID_ARGUMENT"
     assert [v["field"] for v in error["field_violations"]] == ["customer_id"]
 
-    missing = run(system, "get", "no-such-order")
+    missing = run(stack, "get", "no-such-order")
     assert (missing.returncode, row(missing.stderr, "reason")) == (1, "ORDER_NOT_FOUND")
-    assert run(system, "place", "--customer", "x").returncode == 2, "usage error"
+    assert run(stack, "place", "--customer", "x").returncode == 2, "usage error"
 
 
-def test_demo_without_the_outage_through_the_command(system: System) -> None:
-    result = run(system, "demo", "--promotion-control", "none", "--step-timeout", "20")
+def test_demo_without_the_outage_through_the_command(stack: LocalStack) -> None:
+    result = run(stack, "demo", "--promotion-control", "none", "--step-timeout", "20")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "promotion outage skipped" in result.stdout
     assert "All steps passed." in result.stdout
 
 
-def test_the_whole_demo_with_promotion_stopped_and_started(system: System) -> None:
-    def control(action: Action) -> None:
-        if action == "stop":
-            system.stop("promotion")
-        else:
-            system.start("promotion")
-
+def test_the_whole_demo_with_promotion_stopped_and_started(stack: LocalStack) -> None:
+    """The demo as `phoneseller demo` runs it after `make up`: signed in by the development
+    issuer, stopping and starting promotion with supervisorctl."""
     out = io.StringIO()
-    with PhoneSeller(addresses(system), timeout=10) as api:
-        demo = Demo(api, out, promotion=control, timeout=20)
+    with api(stack) as signed_in:
+        demo = Demo(signed_in, out, promotion=supervisor_control(stack.run_dir), timeout=20)
         passed = demo.run()
     text = out.getvalue()
     assert passed, text

@@ -13,6 +13,7 @@ from phoneseller.promotion.v1 import promotion_service_pb2 as promotion_pb
 from phoneseller.store.v1 import store_service_pb2 as store_pb
 
 from tests.e2e.saga import balance, get_order, history, honouring_retry_info, place
+from tests.support.identity import as_customer, as_dealer, as_operator
 from tests.support.system import System
 from tests.support.waiting import wait_until
 
@@ -40,7 +41,9 @@ def client_session(system: System, client: int) -> list[tuple[str, bool]]:
         if cancel and order.status == order_pb.ORDER_STATUS_PAID:
             honouring_retry_info(
                 lambda order=order: system.orders.CancelOrder(  # type: ignore[misc]
-                    order_pb.CancelOrderRequest(order_id=order.order_id), timeout=10
+                    order_pb.CancelOrderRequest(order_id=order.order_id),
+                    timeout=10,
+                    metadata=as_customer(order.customer_id),
                 )
             )
         placed.append((order.order_id, cancel and order.status == order_pb.ORDER_STATUS_PAID))
@@ -52,7 +55,9 @@ def all_store_orders(system: System) -> dict[str, store_pb.StoreOrder]:
     token = ""
     while True:
         page = system.store.ListStoreOrders(
-            store_pb.ListStoreOrdersRequest(page_size=500, page_token=token), timeout=10
+            store_pb.ListStoreOrdersRequest(page_size=500, page_token=token),
+            timeout=10,
+            metadata=as_dealer(),
         )
         found.update((o.order_id, o) for o in page.store_orders)
         token = page.next_page_token
@@ -103,7 +108,9 @@ def test_concurrent_orders_and_cancels_end_consistent(system: System) -> None:
         declined = order.amount > DECLINE_ABOVE
         assert (order.status == order_pb.ORDER_STATUS_PAYMENT_DECLINED) == declined
         payment = system.payments.GetPayment(
-            payment_pb.GetPaymentRequest(payment_id=order.payment_id), timeout=5
+            payment_pb.GetPaymentRequest(payment_id=order.payment_id),
+            timeout=5,
+            metadata=as_operator(),
         )
         view = views[order_id]
         if order.status == order_pb.ORDER_STATUS_PAID:

@@ -39,6 +39,7 @@ from mesh.envoy import cluster_name
 from mesh.policy import MeshPolicy, load_policy
 from stack.supervisor import VALUES, LocalStack
 from tests.e2e.saga import error_details, honouring_retry_info
+from tests.support.identity import as_customer, customer_token, signed_in
 from tests.support.postgres import fresh_database
 from tests.support.stack import admin, running_stack, stack_on_free_ports
 from tests.support.tcp_proxy import TcpProxy
@@ -112,13 +113,14 @@ BEYOND_THE_BREAKER = 12
 
 @dataclass
 class Gateway:
-    """The generated stubs over one channel to the gateway."""
+    """The generated stubs over one channel to the gateway, signed in as one customer."""
 
     channel: grpc.Channel
 
     @classmethod
-    def of(cls, address: str) -> Gateway:
-        return cls(grpc.insecure_channel(address))
+    def of(cls, stack: LocalStack, customer: str) -> Gateway:
+        channel = grpc.insecure_channel(stack.gateway)
+        return cls(signed_in(channel, customer_token(stack.issuer, customer)))
 
     @property
     def orders(self) -> order_grpc.OrderServiceStub:
@@ -261,8 +263,8 @@ def test_an_overloaded_points_system_fails_cancels_fast_and_half_does_nothing(
 ) -> None:
     route_timeout, per_try_timeout, admitted = clawback_numbers()
     assert route_timeout + SLACK < DELAY_SECONDS, "the delay must outlast the clawback"
-    gateway = Gateway.of(stack.gateway)
     customer = f"breaker-{uuid.uuid4().hex[:8]}"
+    gateway = Gateway.of(stack, customer)
     try:
         orders = place_and_wait_for_points(gateway, customer, admitted + BEYOND_THE_BREAKER)
         points = sum(o.payback_points for o in orders)
@@ -395,13 +397,18 @@ def test_a_replica_without_its_database_is_retried_around(
 
 
 def retried_around_a_cut_database(stack: LocalStack, proxy: TcpProxy) -> None:
-    gateway = Gateway.of(stack.gateway)
-    # Each replica asked directly (behind the mesh), to see what it answers on its own.
+    customer = f"retry-{uuid.uuid4().hex[:8]}"
+    gateway = Gateway.of(stack, customer)
+    # Each replica asked directly (behind the mesh, so with the claims the gateway would pass),
+    # to see what it answers on its own.
     direct = [
-        grpc.insecure_channel(f"127.0.0.1:{stack.replica_port('promotion', r)}") for r in (0, 1)
+        signed_in(
+            grpc.insecure_channel(f"127.0.0.1:{stack.replica_port('promotion', r)}"),
+            as_customer(customer),
+        )
+        for r in (0, 1)
     ]
     replica0, replica1 = (promotion_grpc.PromotionServiceStub(c) for c in direct)
-    customer = f"retry-{uuid.uuid4().hex[:8]}"
     try:
         orders = place_and_wait_for_points(gateway, customer, CANCELS_AROUND_A_CUT)
         points = sum(o.payback_points for o in orders)

@@ -117,4 +117,8 @@ def test_every_command_under_use_it_runs_as_printed(
     assert '"status": "ORDER_STATUS_CANCELLED"' in everything
     assert '"@type": "type.googleapis.com/google.rpc.BadRequest"' in everything
     assert "All steps passed." in everything
+    # Signed in as bob, alice's history is refused by the service; without a token, by the
+    # gateway; both as JSON google.rpc.Status bodies with ErrorInfo.
+    assert re.search(r'"reason":\s*"NOT_THE_CUSTOMERS_OWN"', everything), everything
+    assert re.search(r'"reason":\s*"TOKEN_MISSING"', everything), everything
     assert "fault on promotion: none" in everything

@@ -20,6 +20,7 @@ from tests.e2e.saga import (
     wait_order,
     wait_view,
 )
+from tests.support.identity import as_customer, as_dealer, as_operator
 from tests.support.system import System
 from tests.support.waiting import wait_until
 
@@ -46,7 +47,9 @@ def test_order_is_paid_earns_ten_percent_and_ships(system: System, customer: str
 
     def shipped() -> store_pb.StoreOrder:
         result: store_pb.StoreOrder = system.store.ShipOrder(
-            store_pb.ShipOrderRequest(order_id=order.order_id, request_id="ship-1"), timeout=5
+            store_pb.ShipOrderRequest(order_id=order.order_id, request_id="ship-1"),
+            timeout=5,
+            metadata=as_dealer(),
         )
         return result
 
@@ -68,7 +71,10 @@ def test_order_is_paid_earns_ten_percent_and_ships(system: System, customer: str
     assert history(system, customer).point_balance == points
 
     with pytest.raises(grpc.RpcError) as refused:
-        system.orders.CancelOrder(order_pb.CancelOrderRequest(order_id=order.order_id))
+        system.orders.CancelOrder(
+            order_pb.CancelOrderRequest(order_id=order.order_id),
+            metadata=as_customer(order.customer_id),
+        )
     assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert error_details(refused.value)["reason"] == "ORDER_ALREADY_SHIPPED"
 
@@ -78,12 +84,16 @@ def test_cancel_claws_the_points_back(system: System, customer: str) -> None:
     wait_order(system, order.order_id, "points granted", payback_points=100_000)
 
     cancelled = system.orders.CancelOrder(
-        order_pb.CancelOrderRequest(order_id=order.order_id, request_id="c-1"), timeout=10
+        order_pb.CancelOrderRequest(order_id=order.order_id, request_id="c-1"),
+        timeout=10,
+        metadata=as_customer(order.customer_id),
     )
     assert cancelled.status == order_pb.ORDER_STATUS_CANCELLED
     assert cancelled.payback_points == 0
     payment = system.payments.GetPayment(
-        payment_pb.GetPaymentRequest(payment_id=order.payment_id), timeout=5
+        payment_pb.GetPaymentRequest(payment_id=order.payment_id),
+        timeout=5,
+        metadata=as_operator(),
     )
     assert payment.status == payment_pb.PAYMENT_STATUS_CANCELLED
     points = balance(system, customer)
@@ -105,7 +115,10 @@ def test_cancel_claws_the_points_back(system: System, customer: str) -> None:
     assert view.points_granted == 100_000
     assert history(system, customer).point_balance == 0
 
-    again = system.orders.CancelOrder(order_pb.CancelOrderRequest(order_id=order.order_id))
+    again = system.orders.CancelOrder(
+        order_pb.CancelOrderRequest(order_id=order.order_id),
+        metadata=as_customer(order.customer_id),
+    )
     assert again.status == order_pb.ORDER_STATUS_CANCELLED, "cancelling twice changes nothing"
     assert len(balance(system, customer).entries) == 2
 
@@ -160,7 +173,9 @@ def test_cancel_fails_fast_and_changes_nothing_while_promotion_is_down(
     try:
         with pytest.raises(grpc.RpcError) as refused:
             system.orders.CancelOrder(
-                order_pb.CancelOrderRequest(order_id=order.order_id, request_id="x"), timeout=10
+                order_pb.CancelOrderRequest(order_id=order.order_id, request_id="x"),
+                timeout=10,
+                metadata=as_customer(order.customer_id),
             )
         assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
         details = error_details(refused.value)
@@ -168,7 +183,9 @@ def test_cancel_fails_fast_and_changes_nothing_while_promotion_is_down(
         assert isinstance(details["retry_delay"], float)
         assert details["retry_delay"] > 0
         payment = system.payments.GetPayment(
-            payment_pb.GetPaymentRequest(payment_id=order.payment_id), timeout=5
+            payment_pb.GetPaymentRequest(payment_id=order.payment_id),
+            timeout=5,
+            metadata=as_operator(),
         )
         assert payment.status == payment_pb.PAYMENT_STATUS_PAID
         assert get_order(system, order.order_id).status == order_pb.ORDER_STATUS_PAID
@@ -177,7 +194,9 @@ def test_cancel_fails_fast_and_changes_nothing_while_promotion_is_down(
     assert balance(system, customer).balance == 30_000, "points intact"
     cancelled = honouring_retry_info(
         lambda: system.orders.CancelOrder(
-            order_pb.CancelOrderRequest(order_id=order.order_id, request_id="x"), timeout=10
+            order_pb.CancelOrderRequest(order_id=order.order_id, request_id="x"),
+            timeout=10,
+            metadata=as_customer(order.customer_id),
         )
     )
     assert cancelled.status == order_pb.ORDER_STATUS_CANCELLED
@@ -242,7 +261,9 @@ def test_cancels_racing_the_grant_end_at_net_zero(system: System, customer: str)
     for order in orders:  # at once, while PayCompleted may still be on its way to promotion
         honouring_retry_info(
             lambda order=order: system.orders.CancelOrder(  # type: ignore[misc]
-                order_pb.CancelOrderRequest(order_id=order.order_id), timeout=10
+                order_pb.CancelOrderRequest(order_id=order.order_id),
+                timeout=10,
+                metadata=as_customer(order.customer_id),
             )
         )
 

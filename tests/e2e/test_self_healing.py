@@ -31,6 +31,7 @@ from phoneseller.store.v1 import store_service_pb2_grpc as store_grpc
 
 from stack.supervisor import LocalStack
 from tests.e2e.saga import error_details
+from tests.support.identity import Tokens, signed_in
 from tests.support.stack import admin, program_pid, running_stack, stack_on_free_ports
 from tests.support.waiting import wait_until
 
@@ -162,8 +163,12 @@ def all_store_orders(store: store_grpc.StoreServiceStub) -> dict[str, store_pb.S
 
 def test_killed_services_come_back_and_no_event_is_lost(stack: LocalStack) -> None:
     customer = f"healing-{uuid.uuid4().hex[:8]}"
+    tokens = Tokens(stack.issuer)
     channel = grpc.insecure_channel(stack.gateway)
-    placer = Placer(channel, customer)
+    # The client signs in as its customer; the checks below read as the dealer would.
+    as_customer = signed_in(channel, tokens.customer(customer))
+    as_dealer = signed_in(channel, tokens.dealer())
+    placer = Placer(as_customer, customer)
     restarts: dict[str, tuple[int, int, float]] = {}
     try:
         placer.thread.start()
@@ -182,9 +187,9 @@ def test_killed_services_come_back_and_no_event_is_lost(stack: LocalStack) -> No
     for service, (old, new, _) in restarts.items():
         assert new not in (0, old), f"{service} was not restarted"
 
-    orders_stub = order_grpc.OrderServiceStub(channel)
-    store_stub = store_grpc.StoreServiceStub(channel)
-    customers = customer_grpc.CustomerServiceStub(channel)
+    orders_stub = order_grpc.OrderServiceStub(as_customer)
+    store_stub = store_grpc.StoreServiceStub(as_dealer)
+    customers = customer_grpc.CustomerServiceStub(as_customer)
     placed = {o.order_id: o for o in placer.placed}
     assert len(placed) == len(placer.placed) >= ORDERS_BETWEEN_KILLS * (len(VICTIMS) + 1)
 

@@ -1,4 +1,5 @@
-"""`make up` / `make down` keep the data: an order placed before `down` is there after `up`."""
+"""`make up` / `make down` keep the data: an order placed before `down` is there after `up`, and
+a token signed before `down` is still accepted after `up` (the issuer's key is kept too)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from phoneseller.customer.v1 import customer_service_pb2, customer_service_pb2_grpc
 from phoneseller.order.v1 import order_service_pb2, order_service_pb2_grpc
 
+from tests.support.identity import customer_token
 from tests.support.stack import gateway_channel, stack_on_free_ports
 from tests.support.waiting import wait_until
 
@@ -17,6 +19,7 @@ pytestmark = pytest.mark.slow
 def test_data_survives_down_then_up(tmp_path: Path) -> None:
     stack = stack_on_free_ports(tmp_path)
     assert stack.up() == 0
+    dora = customer_token(stack.issuer, "dora")
     try:
         with gateway_channel(stack) as channel:
             order = order_service_pb2_grpc.OrderServiceStub(channel).PlaceOrder(
@@ -28,11 +31,14 @@ def test_data_survives_down_then_up(tmp_path: Path) -> None:
                     request_id="dora-1",
                 ),
                 timeout=10,
+                metadata=dora,
             )
 
             def points() -> bool:
                 got = order_service_pb2_grpc.OrderServiceStub(channel).GetOrder(
-                    order_service_pb2.GetOrderRequest(order_id=order.order_id), timeout=5
+                    order_service_pb2.GetOrderRequest(order_id=order.order_id),
+                    timeout=5,
+                    metadata=dora,
                 )
                 return bool(got.payback_points == 80_000)
 
@@ -45,12 +51,14 @@ def test_data_survives_down_then_up(tmp_path: Path) -> None:
     try:
         with gateway_channel(stack) as channel:
             again = order_service_pb2_grpc.OrderServiceStub(channel).GetOrder(
-                order_service_pb2.GetOrderRequest(order_id=order.order_id), timeout=5
+                order_service_pb2.GetOrderRequest(order_id=order.order_id), timeout=5, metadata=dora
             )
             assert again.status == order_service_pb2.ORDER_STATUS_PAID
             assert again.payback_points == 80_000
             history = customer_service_pb2_grpc.CustomerServiceStub(channel).GetCustomerHistory(
-                customer_service_pb2.GetCustomerHistoryRequest(customer_id="dora"), timeout=5
+                customer_service_pb2.GetCustomerHistoryRequest(customer_id="dora"),
+                timeout=5,
+                metadata=dora,
             )
             assert [o.order_id for o in history.orders] == [order.order_id]
             # The same request id after the restart still finds the first order.
@@ -63,6 +71,7 @@ def test_data_survives_down_then_up(tmp_path: Path) -> None:
                     request_id="dora-1",
                 ),
                 timeout=10,
+                metadata=dora,
             )
             assert retried.order_id == order.order_id
     finally:

@@ -30,6 +30,7 @@ from phoneseller.order.v1 import order_service_pb2_grpc as order_grpc
 from services.kit.config import SERVICE_NAMES
 from stack.supervisor import LocalStack
 from tests.e2e.saga import error_details
+from tests.support.identity import Metadata, Tokens
 from tests.support.stack import admin, program_pid, running_stack, stack_on_free_ports
 from tests.support.waiting import wait_until
 
@@ -52,6 +53,7 @@ class Load:
     """
 
     gateway: str
+    tokens: Tokens
     calls: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
     slowest: float = 0.0
@@ -83,12 +85,16 @@ class Load:
             await asyncio.gather(*(self._client(n, orders) for n in range(CLIENTS)))
 
     async def _call(
-        self, what: str, method: Callable[..., Awaitable[order_pb.Order]], request: Message
+        self,
+        what: str,
+        method: Callable[..., Awaitable[order_pb.Order]],
+        request: Message,
+        signed_in: Metadata,
     ) -> order_pb.Order | None:
         """One call with its deadline; a failure is counted with its code and details."""
         began = time.monotonic()
         try:
-            result = await method(request, timeout=CALL_DEADLINE)
+            result = await method(request, timeout=CALL_DEADLINE, metadata=signed_in)
         except grpc.aio.AioRpcError as exc:
             reason = error_details(exc).get("reason", "")
             self.failures.append(
@@ -102,6 +108,7 @@ class Load:
 
     async def _client(self, n: int, orders: order_grpc.OrderServiceStub) -> None:
         customer = f"rolling-{n}-{uuid.uuid4().hex[:6]}"
+        signed_in = self.tokens.customer(customer)
         i = 0
         while not self._stop.is_set():
             i += 1
@@ -112,14 +119,14 @@ class Load:
                 unit_price=900_000 + i,
                 request_id=uuid.uuid4().hex,
             )
-            order = await self._call("PlaceOrder", orders.PlaceOrder, request)
+            order = await self._call("PlaceOrder", orders.PlaceOrder, request, signed_in)
             if order is not None and order.status != order_pb.ORDER_STATUS_PAID:
                 self.failures.append(f"PlaceOrder answered {order}")
             if order is not None and i % 3 == 0:
                 cancel = order_pb.CancelOrderRequest(
                     order_id=order.order_id, request_id=f"cancel-{order.order_id}"
                 )
-                cancelled = await self._call("CancelOrder", orders.CancelOrder, cancel)
+                cancelled = await self._call("CancelOrder", orders.CancelOrder, cancel, signed_in)
                 if cancelled is not None and cancelled.status != order_pb.ORDER_STATUS_CANCELLED:
                     self.failures.append(f"CancelOrder answered {cancelled}")
 
@@ -161,7 +168,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 
 def test_a_rolling_restart_under_load_fails_no_call(stack: LocalStack) -> None:
-    load = Load(stack.gateway)
+    load = Load(stack.gateway, Tokens(stack.issuer))
     restarts: list[Restart] = []
     load.start()
     try:

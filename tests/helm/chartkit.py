@@ -23,6 +23,7 @@ from typing import Any
 import helm_python
 import jsonschema
 import kubernetes_validate
+import nkeys
 import yaml
 from google.protobuf.descriptor_pb2 import FileDescriptorSet
 
@@ -54,6 +55,12 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def example_seed(n: int) -> str:
+    """A fixed, well-formed nkey user seed (SU…) for values that need one."""
+    seed: bytes = nkeys.encode_seed(bytes([n + 1]) * 32, nkeys.PREFIX_BYTE_USER)
+    return seed.decode()
 
 
 def example_values(name: str) -> dict[str, Any]:
@@ -300,7 +307,11 @@ EVERYTHING = deep_merge(
     ),
     {
         "fullnameOverride": "shop",
-        "nats": {"url": ",".join(f"nats://nats-{i}.nats-headless.nats:4222" for i in range(3))},
+        "nats": {
+            "url": ",".join(f"nats://nats-{i}.nats-headless.nats:4222" for i in range(3)),
+            # Seeds for the chart to store, so that its NATS Secrets are validated too.
+            "auth": {"seeds": {service: example_seed(i) for i, service in enumerate(SERVICES)}},
+        },
         "image": {"repository": "registry.example.com/phoneseller", "tag": "1.2.3"},
         "istio": {
             "revision": "1-30",
@@ -310,6 +321,9 @@ EVERYTHING = deep_merge(
             },
             "jsonTranscoding": {"descriptorSource": "file"},
         },
+        # Traces (a Telemetry resource) and the Grafana dashboards' ConfigMaps; the PodMonitor
+        # (no Kubernetes or Istio schema) is validated in test_chart_observability.py.
+        "observability": {"tracing": {"enabled": True}, "dashboards": {"enabled": True}},
     },
 )
 

@@ -281,7 +281,13 @@ def test_https_is_served_with_the_given_certificate(render_values: RenderValues)
 
 
 def policies_with_rules(rendered: Rendered) -> list[Obj]:
-    return [p for p in rendered.of_kind("AuthorizationPolicy") if p["spec"].get("rules")]
+    """The ALLOW policies of the release's pods (the gateway's DENY policy for end users is
+    tests/helm/test_chart_end_users.py's)."""
+    return [
+        p
+        for p in rendered.of_kind("AuthorizationPolicy")
+        if p["spec"].get("rules") and p["spec"].get("action") != "DENY"
+    ]
 
 
 def grants(rendered: Rendered) -> set[tuple[str, str]]:
@@ -379,7 +385,11 @@ def test_every_rpc_path_the_chart_names_exists(meshed: Rendered, rpc_paths: set[
 
 
 def transcoder(rendered: Rendered) -> tuple[Obj, dict[str, Any]]:
-    (envoy_filter,) = rendered.of_kind("EnvoyFilter")
+    (envoy_filter,) = [
+        f
+        for f in rendered.of_kind("EnvoyFilter")
+        if f["metadata"]["name"].endswith("grpc-json-transcoder")
+    ]
     configs = [p["patch"]["value"]["typed_config"] for p in envoy_filter["spec"]["configPatches"]]
     assert all(c == configs[0] for c in configs)
     return envoy_filter, configs[0]

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nats
 import pytest
 from phoneseller.order.v1 import events_pb2
 
@@ -22,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 
 class CounterProcess:
-    def __init__(self, db_path: Path, nats_url: str, *extra: str) -> None:
+    def __init__(self, db_path: Path, server: NatsServer, *extra: str) -> None:
         self.args = [
             sys.executable,
             "-m",
@@ -30,7 +29,9 @@ class CounterProcess:
             "--database-url",
             f"sqlite:///{db_path}",
             "--nats-url",
-            nats_url,
+            server.url,
+            "--nats-nkey-file",
+            server.nkey_file("counter"),
             *extra,
         ]
         self.log_path = db_path.with_suffix(".log")
@@ -56,8 +57,9 @@ class CounterProcess:
         self.process.wait(timeout=20)
 
 
-async def publish_orders(nats_url: str, order_ids: list[str], item: str = "phone") -> None:
-    client = await nats.connect(nats_url)
+async def publish_orders(server: NatsServer, order_ids: list[str], item: str = "phone") -> None:
+    """Publish Ordered events as the order service does, with its NATS user."""
+    client = await server.connect("order")
     js = client.jetstream()
     await js.add_stream(stream_config())
     envelopes = [
@@ -95,10 +97,10 @@ def effect_total(db_path: Path) -> int:
 async def test_redelivered_events_change_nothing(tmp_path: Path, nats_server: NatsServer) -> None:
     db_path = tmp_path / "counter.db"
     orders = [f"order-{i}" for i in range(3000)]
-    await publish_orders(nats_server.url, orders)
+    await publish_orders(nats_server, orders)
 
     # 1. Crash after committing the first batch and before acknowledging it.
-    counter = CounterProcess(db_path, nats_server.url, "--batch-size", "100")
+    counter = CounterProcess(db_path, nats_server, "--batch-size", "100")
     counter.start("--crash-before-first-ack")
     assert counter.process is not None
     assert counter.process.wait(timeout=30) == 17
@@ -137,10 +139,10 @@ async def test_a_poison_event_is_parked_and_the_rest_flow(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
     db_path = tmp_path / "counter.db"
-    await publish_orders(nats_server.url, ["before-1", "before-2"])
-    await publish_orders(nats_server.url, ["bad-one"], item="poison")
-    await publish_orders(nats_server.url, [f"after-{i}" for i in range(50)])
-    counter = CounterProcess(db_path, nats_server.url, "--max-attempts", "3").start()
+    await publish_orders(nats_server, ["before-1", "before-2"])
+    await publish_orders(nats_server, ["bad-one"], item="poison")
+    await publish_orders(nats_server, [f"after-{i}" for i in range(50)])
+    counter = CounterProcess(db_path, nats_server, "--max-attempts", "3").start()
     try:
         await eventually(
             lambda: asyncio.to_thread(lambda: effect_total(db_path) == 52),

@@ -17,7 +17,6 @@ from datetime import UTC, timedelta
 from pathlib import Path
 
 import grpc
-import nats
 import pytest
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
@@ -37,6 +36,7 @@ from services.kit.bus import stream_config
 from services.kit.db import Database
 from services.kit.events import MSG_ID, STREAM, envelope_for
 from services.kit.sql import Statement
+from tests.support.identity import as_customer, as_operator
 from tests.support.nats_server import NatsServer
 from tests.support.processes import REPO, ServiceProcess
 from tests.support.saga_events import T0, expected_history, saga
@@ -50,14 +50,14 @@ HOUR = timedelta(hours=1)
 
 @pytest.fixture
 def customer(nats_server: NatsServer, tmp_path: Path) -> Iterator[ServiceProcess]:
-    service = ServiceProcess("customer", tmp_path / "live", nats_server.url).start()
+    service = ServiceProcess("customer", tmp_path / "live", nats_server).start()
     yield service
     service.stop()
 
 
 @pytest.fixture
 async def js(nats_server: NatsServer) -> AsyncIterator[JetStreamContext]:
-    client = await nats.connect(nats_server.url)
+    client = await nats_server.connect()
     jetstream = client.jetstream()
     await jetstream.add_stream(stream_config())
     yield jetstream
@@ -83,7 +83,9 @@ async def get_history(address: str, customer_id: str) -> pb.CustomerHistory:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.CustomerServiceStub(channel)
         history: pb.CustomerHistory = await stub.GetCustomerHistory(
-            pb.GetCustomerHistoryRequest(customer_id=customer_id), timeout=5
+            pb.GetCustomerHistoryRequest(customer_id=customer_id),
+            timeout=5,
+            metadata=as_customer(customer_id),
         )
         return history
 
@@ -261,7 +263,11 @@ async def test_bad_input_is_invalid_argument_with_field_violations(
         stub = pb_grpc.CustomerServiceStub(channel)
         for bad in ("", "has space", "x" * 65, "semi;colon"):
             with pytest.raises(grpc.RpcError) as caught:
-                stub.GetCustomerHistory(pb.GetCustomerHistoryRequest(customer_id=bad), timeout=5)
+                stub.GetCustomerHistory(
+                    pb.GetCustomerHistoryRequest(customer_id=bad),
+                    timeout=5,
+                    metadata=as_operator(),
+                )
             call = caught.value
             assert call.code() == grpc.StatusCode.INVALID_ARGUMENT
             status = rpc_status.from_call(call)
@@ -282,12 +288,17 @@ async def test_bad_input_is_invalid_argument_with_field_violations(
             assert [v.field for v in bad_request.field_violations] == ["customer_id"]
 
         unknown = stub.GetCustomerHistory(
-            pb.GetCustomerHistoryRequest(customer_id="never-seen"), timeout=5
+            pb.GetCustomerHistoryRequest(customer_id="never-seen"),
+            timeout=5,
+            metadata=as_customer("never-seen"),
         )
         assert unknown == pb.CustomerHistory(customer_id="never-seen")
 
 
-def run_rebuild(database_url: str, nats_url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def run_rebuild(
+    database_url: str, nats_server: NatsServer, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """The rebuild as an operator runs it: with the customer service's NATS credentials."""
     return subprocess.run(
         [
             sys.executable,
@@ -296,7 +307,9 @@ def run_rebuild(database_url: str, nats_url: str, *extra: str) -> subprocess.Com
             "--database-url",
             database_url,
             "--nats-url",
-            nats_url,
+            nats_server.url,
+            "--nats-nkey-file",
+            nats_server.nkey_file("customer"),
             "--json",
             *extra,
         ],
@@ -348,7 +361,7 @@ async def test_rebuild_by_replay_equals_the_live_view_and_swaps_in(
 
     rebuilt_url = f"sqlite:///{tmp_path / 'rebuilt' / 'customer.db'}"
     # Small batches, so that the copy lands in another batch than its original.
-    done = await asyncio.to_thread(run_rebuild, rebuilt_url, nats_server.url, "--batch-size", "4")
+    done = await asyncio.to_thread(run_rebuild, rebuilt_url, nats_server, "--batch-size", "4")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["applied"] == len(first)
@@ -359,7 +372,7 @@ async def test_rebuild_by_replay_equals_the_live_view_and_swaps_in(
 
     # The live database is refused: it holds a view the command did not build.
     live_url = f"sqlite:///{customer.run_dir / 'data' / 'customer.db'}"
-    refused = await asyncio.to_thread(run_rebuild, live_url, nats_server.url)
+    refused = await asyncio.to_thread(run_rebuild, live_url, nats_server)
     assert refused.returncode == 1
     assert "did not build" in refused.stderr
 
@@ -370,7 +383,7 @@ async def test_rebuild_by_replay_equals_the_live_view_and_swaps_in(
     await consumer_caught_up(js)
     customer.stop()
     await publish(js, *second[2:])  # nobody consumes these until the swap
-    gap = await asyncio.to_thread(run_rebuild, rebuilt_url, nats_server.url)
+    gap = await asyncio.to_thread(run_rebuild, rebuilt_url, nats_server)
     assert gap.returncode == 0, gap.stderr
     assert json.loads(gap.stdout)["applied"] == len(second)
     assert json.loads(gap.stdout)["from_sequence"] == len(first) + 2
@@ -378,7 +391,7 @@ async def test_rebuild_by_replay_equals_the_live_view_and_swaps_in(
     swapped = ServiceProcess(
         "customer",
         tmp_path / "swapped",
-        nats_server.url,
+        nats_server,
         env={"PHONESELLER_DATABASE_URL": rebuilt_url},
     ).start()
     try:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import nats
 import pytest
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
@@ -28,6 +27,7 @@ from phoneseller.promotion.v1 import promotion_service_pb2_grpc as pb_grpc
 
 from services.kit.bus import stream_config
 from services.kit.events import EventTypes, new_event
+from tests.support.identity import as_customer, as_operator
 from tests.support.jetstream import events_about, publish_events
 from tests.support.nats_server import NatsServer
 from tests.support.postgres import fresh_database
@@ -46,7 +46,7 @@ REVERSED = pb.POINT_GRANT_STATUS_REVERSED
 @dataclass(frozen=True)
 class Promotion:
     address: str
-    nats_url: str
+    nats: NatsServer
     process: ServiceProcess
 
 
@@ -63,11 +63,11 @@ def promotion(
         server = NatsServer(run_dir / "jetstream").start()
         stack.callback(server.stop)
         process = ServiceProcess(
-            "promotion", run_dir, server.url, env={"PHONESELLER_DATABASE_URL": url}
+            "promotion", run_dir, server, env={"PHONESELLER_DATABASE_URL": url}
         ).start()
         stack.callback(process.stop)
         print(f"promotion on {request.param}: log {process.log_path}")
-        yield Promotion(process.address, server.url, process)
+        yield Promotion(process.address, server, process)
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ async def stub(promotion: Promotion) -> AsyncIterator[pb_grpc.PromotionServiceSt
 
 @pytest.fixture
 async def js(promotion: Promotion) -> AsyncIterator[JetStreamContext]:
-    client = await nats.connect(promotion.nats_url)
+    client = await promotion.nats.connect()
     context = client.jetstream()
     await context.add_stream(stream_config())  # exists already: the service made it
     yield context
@@ -120,7 +120,9 @@ def summary(events: list[Message]) -> list[tuple[str, int]]:
 async def entries_of(
     stub: pb_grpc.PromotionServiceStub, customer_id: str, order_id: str
 ) -> list[tuple[int, int]]:
-    balance = await stub.GetPointBalance(pb.GetPointBalanceRequest(customer_id=customer_id))
+    balance = await stub.GetPointBalance(
+        pb.GetPointBalanceRequest(customer_id=customer_id), metadata=as_customer(customer_id)
+    )
     return [(e.kind, e.points) for e in balance.entries if e.order_id == order_id]
 
 
@@ -148,7 +150,9 @@ async def test_payment_grants_ten_percent_of_the_amount_rounded_down(
     await publish(js, event)
 
     async def granted() -> pb.PointBalance | None:
-        balance = await stub.GetPointBalance(pb.GetPointBalanceRequest(customer_id=customer_id))
+        balance = await stub.GetPointBalance(
+            pb.GetPointBalanceRequest(customer_id=customer_id), metadata=as_customer(customer_id)
+        )
         return balance if balance.entries else None
 
     balance = await eventually(granted, timeout=15, message="the grant")
@@ -196,7 +200,9 @@ async def test_a_payment_seen_twice_is_granted_once(
     await barrier(stub, js)
 
     assert await entries_of(stub, customer_id, order_id) == [(GRANT, 5_000)]
-    balance = await stub.GetPointBalance(pb.GetPointBalanceRequest(customer_id=customer_id))
+    balance = await stub.GetPointBalance(
+        pb.GetPointBalanceRequest(customer_id=customer_id), metadata=as_customer(customer_id)
+    )
     assert balance.balance == 5_000
     assert summary(await published(js, order_id)) == [("PromoCompleted", 5_000)]
     assert problems_logged(promotion, order_id) == []  # dropped as duplicates, not failures
@@ -212,7 +218,8 @@ async def test_clawback_reverses_the_grant_and_the_balance_goes_back(
 
     async def both_granted() -> bool:
         balance: pb.PointBalance = await stub.GetPointBalance(
-            pb.GetPointBalanceRequest(customer_id=customer_id)
+            pb.GetPointBalanceRequest(customer_id=customer_id),
+            metadata=as_customer(customer_id),
         )
         return balance.balance == 3_000 + 1_234
 
@@ -229,7 +236,9 @@ async def test_clawback_reverses_the_grant_and_the_balance_goes_back(
         points_reversed=1_234,
         status=REVERSED,
     )
-    balance = await stub.GetPointBalance(pb.GetPointBalanceRequest(customer_id=customer_id))
+    balance = await stub.GetPointBalance(
+        pb.GetPointBalanceRequest(customer_id=customer_id), metadata=as_customer(customer_id)
+    )
     assert balance.balance == 3_000
     assert [(e.order_id, e.kind, e.points) for e in balance.entries][-1] == (
         cancelled,
@@ -322,7 +331,9 @@ async def test_clawback_before_the_grant_makes_the_late_grant_net_zero(
         ]
 
     await eventually(net_zero, timeout=15, message="the late grant and its reversal")
-    balance = await stub.GetPointBalance(pb.GetPointBalanceRequest(customer_id=customer_id))
+    balance = await stub.GetPointBalance(
+        pb.GetPointBalanceRequest(customer_id=customer_id), metadata=as_customer(customer_id)
+    )
     assert balance.balance == 0
     again = await stub.ClawBackPoints(request)
     assert (again.status, again.points_granted, again.points_reversed) == (REVERSED, 1_234, 1_234)
@@ -341,7 +352,9 @@ async def test_clawback_before_the_grant_makes_the_late_grant_net_zero(
 async def test_unknown_customer_has_balance_zero(stub: pb_grpc.PromotionServiceStub) -> None:
     customer_id = uid("nobody")
 
-    balance = await stub.GetPointBalance(pb.GetPointBalanceRequest(customer_id=customer_id))
+    balance = await stub.GetPointBalance(
+        pb.GetPointBalanceRequest(customer_id=customer_id), metadata=as_customer(customer_id)
+    )
 
     assert balance == pb.PointBalance(customer_id=customer_id, balance=0)
 
@@ -390,7 +403,9 @@ async def test_bad_balance_requests_are_invalid_argument(
     stub: pb_grpc.PromotionServiceStub, customer_id: str
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.GetPointBalance(pb.GetPointBalanceRequest(customer_id=customer_id))
+        await stub.GetPointBalance(
+            pb.GetPointBalanceRequest(customer_id=customer_id), metadata=as_operator()
+        )
 
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     info, details = rich_error(caught.value)

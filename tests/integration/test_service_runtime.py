@@ -21,6 +21,7 @@ from grpc_status import rpc_status
 from phoneseller.payment.v1 import payment_service_pb2 as pb
 from phoneseller.payment.v1 import payment_service_pb2_grpc as pb_grpc
 
+from tests.support.identity import as_operator
 from tests.support.jetstream import stream_count
 from tests.support.nats_server import NatsServer
 from tests.support.processes import ServiceProcess, health_status, is_serving
@@ -49,7 +50,7 @@ def unpublished(db_path: Path) -> int:
 def test_not_serving_until_the_database_opens(tmp_path: Path, nats_server: NatsServer) -> None:
     blocker = tmp_path / "data"
     blocker.write_text("a file where the data folder should be: the database cannot open")
-    service = ServiceProcess("payment", tmp_path, nats_server.url).start(wait=False)
+    service = ServiceProcess("payment", tmp_path, nats_server).start(wait=False)
     try:
         wait_until(
             lambda: health_status(service.address, "phoneseller.liveness") == SERVING,
@@ -73,7 +74,7 @@ def test_not_serving_until_the_database_opens(tmp_path: Path, nats_server: NatsS
 async def test_a_nats_outage_keeps_payments_going_and_the_outbox_drains(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
-    service = ServiceProcess("payment", tmp_path, nats_server.url).start()
+    service = ServiceProcess("payment", tmp_path, nats_server).start()
     db_path = tmp_path / "data" / "payment.db"
     try:
         pay(service.address, "before-outage")
@@ -103,7 +104,7 @@ async def test_a_nats_outage_keeps_payments_going_and_the_outbox_drains(
             timeout=20,
             message="event flow SERVING again",
         )
-        assert await stream_count(nats_server.url) == 21
+        assert await stream_count(nats_server) == 21
     finally:
         service.stop()
     log = service.log_tail(200_000)
@@ -116,7 +117,7 @@ def test_sigterm_finishes_calls_in_flight_then_refuses_and_exits_0(
     service = ServiceProcess(
         "payment",
         tmp_path,
-        nats_server.url,
+        nats_server,
         env={"PHONESELLER_LOG_LEVEL": "DEBUG", "PHONESELLER_SHUTDOWN_DRAIN_SECONDS": "1"},
     ).start()
     db_path = tmp_path / "data" / "payment.db"
@@ -155,7 +156,9 @@ def test_sigterm_finishes_calls_in_flight_then_refuses_and_exits_0(
             try:
                 with grpc.insecure_channel(service.address) as channel:
                     pb_grpc.PaymentServiceStub(channel).GetPayment(
-                        pb.GetPaymentRequest(payment_id="any"), timeout=2
+                        pb.GetPaymentRequest(payment_id="any"),
+                        timeout=2,
+                        metadata=as_operator(),
                     )
             except grpc.RpcError as exc:
                 return exc.code() is grpc.StatusCode.UNAVAILABLE
@@ -176,7 +179,7 @@ def test_sigterm_finishes_calls_in_flight_then_refuses_and_exits_0(
 
 @pytest.fixture
 def payment(tmp_path: Path, nats_server: NatsServer):
-    service = ServiceProcess("payment", tmp_path, nats_server.url).start()
+    service = ServiceProcess("payment", tmp_path, nats_server).start()
     yield service
     service.stop()
 
@@ -243,7 +246,9 @@ async def test_unexpected_errors_become_internal_without_a_traceback(
             "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"
         )
     with grpc.insecure_channel(payment.address) as channel, pytest.raises(grpc.RpcError) as err:
-        pb_grpc.PaymentServiceStub(channel).GetPayment(pb.GetPaymentRequest(payment_id="broken"))
+        pb_grpc.PaymentServiceStub(channel).GetPayment(
+            pb.GetPaymentRequest(payment_id="broken"), metadata=as_operator()
+        )
     assert err.value.code() is grpc.StatusCode.INTERNAL
     assert "Traceback" not in (err.value.details() or "")
     assert "MYSTERY" not in (err.value.details() or "")

@@ -19,7 +19,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import grpc
-import nats
 import pytest
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
@@ -32,6 +31,7 @@ from phoneseller.store.v1 import store_service_pb2_grpc as pb_grpc
 
 from services.kit.bus import stream_config
 from services.kit.events import EventTypes, new_event
+from tests.support.identity import as_dealer
 from tests.support.jetstream import events_about, publish_events
 from tests.support.nats_server import NatsServer
 from tests.support.postgres import fresh_database
@@ -51,7 +51,7 @@ AUTO_SHIP_DELAY_SECONDS = 1.0
 @dataclass(frozen=True)
 class Store:
     address: str
-    nats_url: str
+    nats: NatsServer
     process: ServiceProcess
 
 
@@ -66,11 +66,11 @@ def start_store(
     server = NatsServer(run_dir / "jetstream").start()
     stack.callback(server.stop)
     process = ServiceProcess(
-        "store", run_dir, server.url, env={"PHONESELLER_DATABASE_URL": url, **env}
+        "store", run_dir, server, env={"PHONESELLER_DATABASE_URL": url, **env}
     ).start()
     stack.callback(process.stop)
     print(f"store on {backend}: log {process.log_path}")
-    return Store(process.address, server.url, process)
+    return Store(process.address, server, process)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -100,7 +100,7 @@ def auto_store(
 async def connected(
     store: Store,
 ) -> AsyncIterator[tuple[pb_grpc.StoreServiceStub, JetStreamContext]]:
-    client = await nats.connect(store.nats_url)
+    client = await store.nats.connect()
     js = client.jetstream()
     await js.add_stream(stream_config())  # exists already: the service made it
     try:
@@ -180,7 +180,8 @@ async def listing(
     token = ""
     while True:
         page = await stub.ListStoreOrders(
-            pb.ListStoreOrdersRequest(page_size=500, page_token=token, status=status)  # type: ignore[arg-type]
+            pb.ListStoreOrdersRequest(page_size=500, page_token=token, status=status),  # type: ignore[arg-type]
+            metadata=as_dealer(),
         )
         orders += page.store_orders
         token = page.next_page_token
@@ -212,7 +213,9 @@ async def wait_for(
 
 async def ship_when_received(stub: pb_grpc.StoreServiceStub, order_id: str) -> pb.StoreOrder:
     async def shipped() -> pb.StoreOrder:
-        order: pb.StoreOrder = await stub.ShipOrder(pb.ShipOrderRequest(order_id=order_id))
+        order: pb.StoreOrder = await stub.ShipOrder(
+            pb.ShipOrderRequest(order_id=order_id), metadata=as_dealer()
+        )
         return order
 
     return await eventually(shipped, timeout=15, message=f"ShipOrder({order_id}) succeeding")
@@ -282,7 +285,9 @@ async def test_an_order_not_paid_is_not_listed_and_cannot_be_shipped(
     await barrier(stub, js)
 
     assert await find(stub, order.order_id) is None
-    error = await refused(stub.ShipOrder(pb.ShipOrderRequest(order_id=order.order_id)))
+    error = await refused(
+        stub.ShipOrder(pb.ShipOrderRequest(order_id=order.order_id), metadata=as_dealer())
+    )
     assert error.code() is grpc.StatusCode.NOT_FOUND
     info, _ = rich_error(error)
     assert info.reason == "STORE_ORDER_NOT_FOUND"
@@ -293,7 +298,9 @@ async def test_an_unknown_order_is_not_found(
 ) -> None:
     stub, _ = conn
 
-    error = await refused(stub.ShipOrder(pb.ShipOrderRequest(order_id=uid("nothing"))))
+    error = await refused(
+        stub.ShipOrder(pb.ShipOrderRequest(order_id=uid("nothing")), metadata=as_dealer())
+    )
 
     assert error.code() is grpc.StatusCode.NOT_FOUND
     info, details = rich_error(error)
@@ -313,7 +320,8 @@ async def test_shipping_a_received_order_publishes_shipped_once(
     received = await wait_for(stub, order.order_id, RECEIVED, item="Pixel 10")
 
     shipped = await stub.ShipOrder(
-        pb.ShipOrderRequest(order_id=order.order_id, request_id=uid("r"))
+        pb.ShipOrderRequest(order_id=order.order_id, request_id=uid("r")),
+        metadata=as_dealer(),
     )
 
     assert shipped.status == SHIPPED
@@ -327,7 +335,10 @@ async def test_shipping_a_received_order_publishes_shipped_once(
     )
     # Shipping again, also racing itself: the same order back, no second event.
     again = await asyncio.gather(
-        *(stub.ShipOrder(pb.ShipOrderRequest(order_id=order.order_id)) for _ in range(5))
+        *(
+            stub.ShipOrder(pb.ShipOrderRequest(order_id=order.order_id), metadata=as_dealer())
+            for _ in range(5)
+        )
     )
     assert all(other == shipped for other in again)
     assert await find(stub, order.order_id) == shipped
@@ -350,7 +361,10 @@ async def test_concurrent_first_ships_publish_one_event(
     await wait_for(stub, order.order_id, RECEIVED, item=order.item)
 
     results = await asyncio.gather(
-        *(stub.ShipOrder(pb.ShipOrderRequest(order_id=order.order_id)) for _ in range(8))
+        *(
+            stub.ShipOrder(pb.ShipOrderRequest(order_id=order.order_id), metadata=as_dealer())
+            for _ in range(8)
+        )
     )
 
     assert len({result.SerializeToString() for result in results}) == 1
@@ -372,7 +386,9 @@ async def test_a_cancelled_payment_cancels_the_order_and_shipping_fails(
     assert not cancelled.HasField("ship_time")
     assert cancelled in await listing(stub, CANCELLED)
     assert order.order_id not in {o.order_id for o in await listing(stub, RECEIVED)}
-    error = await refused(stub.ShipOrder(pb.ShipOrderRequest(order_id=order.order_id)))
+    error = await refused(
+        stub.ShipOrder(pb.ShipOrderRequest(order_id=order.order_id), metadata=as_dealer())
+    )
     assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
     info, details = rich_error(error)
     assert info.reason == "STORE_ORDER_CANCELLED"
@@ -390,7 +406,9 @@ async def test_a_cancellation_that_overtook_the_payment_still_cancels(
     await publish(js, order.pay_cancelled(), order.pay_completed(), order.ordered())
 
     await wait_for(stub, order.order_id, CANCELLED, item=order.item)
-    error = await refused(stub.ShipOrder(pb.ShipOrderRequest(order_id=order.order_id)))
+    error = await refused(
+        stub.ShipOrder(pb.ShipOrderRequest(order_id=order.order_id), metadata=as_dealer())
+    )
     assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
 
 
@@ -423,7 +441,9 @@ async def test_a_paid_order_whose_details_are_late_ships_once_they_arrive(
     await publish(js, order.pay_completed())
     await wait_for(stub, order.order_id, RECEIVED, item="")
 
-    error = await refused(stub.ShipOrder(pb.ShipOrderRequest(order_id=order.order_id)))
+    error = await refused(
+        stub.ShipOrder(pb.ShipOrderRequest(order_id=order.order_id), metadata=as_dealer())
+    )
 
     assert error.code() is grpc.StatusCode.UNAVAILABLE
     info, details = rich_error(error)
@@ -458,9 +478,9 @@ async def test_bad_requests_are_invalid_argument_with_field_violations(
 ) -> None:
     stub, _ = conn
     if isinstance(request_, pb.ShipOrderRequest):
-        error = await refused(stub.ShipOrder(request_))
+        error = await refused(stub.ShipOrder(request_, metadata=as_dealer()))
     else:
-        error = await refused(stub.ListStoreOrders(request_))
+        error = await refused(stub.ListStoreOrders(request_, metadata=as_dealer()))
 
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
     info, details = rich_error(error)
@@ -486,7 +506,8 @@ async def test_pages_list_every_order_once_oldest_first(
     token = ""
     while True:
         page = await stub.ListStoreOrders(
-            pb.ListStoreOrdersRequest(page_size=3, page_token=token, status=RECEIVED)
+            pb.ListStoreOrdersRequest(page_size=3, page_token=token, status=RECEIVED),
+            metadata=as_dealer(),
         )
         pages.append(list(page.store_orders))
         token = page.next_page_token
@@ -494,7 +515,9 @@ async def test_pages_list_every_order_once_oldest_first(
             break
         # A token only works with the filter it was made for.
         error = await refused(
-            stub.ListStoreOrders(pb.ListStoreOrdersRequest(page_size=3, page_token=token))
+            stub.ListStoreOrders(
+                pb.ListStoreOrdersRequest(page_size=3, page_token=token), metadata=as_dealer()
+            )
         )
         assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
 
@@ -519,15 +542,18 @@ async def test_page_size_defaults_to_50_and_is_capped_at_500(
         await publish(js, order.pay_completed())
     await wait_for(stub, orders[-1].order_id, RECEIVED)
 
-    default = await stub.ListStoreOrders(pb.ListStoreOrdersRequest())
-    capped = await stub.ListStoreOrders(pb.ListStoreOrdersRequest(page_size=10_000))
+    default = await stub.ListStoreOrders(pb.ListStoreOrdersRequest(), metadata=as_dealer())
+    capped = await stub.ListStoreOrders(
+        pb.ListStoreOrdersRequest(page_size=10_000), metadata=as_dealer()
+    )
 
     assert len(default.store_orders) == 50
     assert default.next_page_token
     assert len(capped.store_orders) == 500
     assert capped.next_page_token
     rest = await stub.ListStoreOrders(
-        pb.ListStoreOrdersRequest(page_size=10_000, page_token=capped.next_page_token)
+        pb.ListStoreOrdersRequest(page_size=10_000, page_token=capped.next_page_token),
+        metadata=as_dealer(),
     )
     listed = [o.order_id for o in [*capped.store_orders, *rest.store_orders]]
     assert len(listed) == len(set(listed))
@@ -570,7 +596,10 @@ async def test_auto_ship_ships_received_orders_after_the_delay(auto_store: Store
         late = await wait_for(stub, details_late.order_id, SHIPPED, item=details_late.item)
         assert late.ship_time.ToDatetime() - late.create_time.ToDatetime() >= delay
         # A ShipOrder call after the job shipped it: unchanged, and still one event.
-        assert await stub.ShipOrder(pb.ShipOrderRequest(order_id=ready.order_id)) == shipped
+        assert (
+            await stub.ShipOrder(pb.ShipOrderRequest(order_id=ready.order_id), metadata=as_dealer())
+            == shipped
+        )
         await barrier(stub, js)
         assert len(await shipped_events(js, ready.order_id)) == 1
         assert len(await shipped_events(js, details_late.order_id)) == 1

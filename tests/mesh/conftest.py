@@ -17,11 +17,13 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped,unused-ignore]
 
+from client.issuer import ROLES, DevIssuer
 from mesh.envoy import RenderOptions
 from mesh.policy import MeshPolicy, load_policy
 from mesh.process import envoy_binary
 from mesh.testing import MeshHarness
 from mesh.topology import Topology
+from tests.support.identity import Metadata, bearer, end_users, issuer_in
 
 ROOT = Path(__file__).resolve().parents[2]
 VALUES = ROOT / "helm" / "phoneseller" / "values.yaml"
@@ -103,9 +105,26 @@ MeshFactory = Callable[..., Any]
 
 
 @pytest.fixture
-async def start_mesh(tmp_path: Path, envoy_available: Path) -> AsyncIterator[MeshFactory]:
+def issuer(tmp_path: Path) -> DevIssuer:
+    """The development issuer whose tokens the meshes of a test verify."""
+    return issuer_in(tmp_path / "auth")
+
+
+@pytest.fixture
+def signed_in(issuer: DevIssuer) -> Metadata:
+    """A bearer token holding every role: the mesh tests are about routing and resilience, so
+    the gateway's role checks should let each public RPC through (tests/mesh/test_edge.py and
+    tests/e2e/test_bad_input.py are about who may call what)."""
+    return bearer(issuer.token("mesh-tester", *ROLES))
+
+
+@pytest.fixture
+async def start_mesh(
+    tmp_path: Path, envoy_available: Path, issuer: DevIssuer
+) -> AsyncIterator[MeshFactory]:
     """`await start_mesh(policy, topology, descriptor_set_path=None, options=None)` -> a running
-    `MeshHarness`; every mesh started is stopped at the end of the test."""
+    `MeshHarness`; every mesh started is stopped at the end of the test. Without `options` the
+    gateway verifies `issuer`'s tokens."""
     async with AsyncExitStack() as stack:
         count = 0
 
@@ -121,7 +140,9 @@ async def start_mesh(tmp_path: Path, envoy_available: Path) -> AsyncIterator[Mes
             workdir = tmp_path / f"mesh{count}"
             workdir.mkdir()
             if options is None:
-                options = RenderOptions(access_log_path=str(workdir / "access.log"))
+                options = RenderOptions(
+                    access_log_path=str(workdir / "access.log"), end_users=end_users(issuer)
+                )
             harness = MeshHarness(
                 policy, topology, workdir, descriptor_set_path=descriptor_set_path, options=options
             )

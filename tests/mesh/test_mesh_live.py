@@ -26,6 +26,7 @@ from mesh.envoy import RenderOptions, cluster_name
 from mesh.policy import MeshPolicy, parse_fault
 from mesh.testing import CallResult, FakeBackend, call_unary, local_topology, wait_until
 from mesh.topology import GRPC_SERVICES, INTERNAL_METHODS, PUBLIC_METHODS
+from tests.support.identity import Metadata
 
 CLAW = "/phoneseller.promotion.v1.PromotionService/ClawBackPoints"
 BALANCE = "/phoneseller.promotion.v1.PromotionService/GetPointBalance"
@@ -282,7 +283,7 @@ async def test_a_delayed_promotion_trips_the_circuit_breaker(
 
 
 async def test_customers_reads_are_not_refused_by_the_clawbacks_breaker(
-    policy: MeshPolicy, start_mesh: Any
+    policy: MeshPolicy, start_mesh: Any, signed_in: Metadata
 ) -> None:
     """The breaker guards the clawback only. With promotion slow (a delay fault), 60 concurrent
     GetPointBalance through the gateway and 20 concurrent ClawBackPoints through payment's
@@ -312,7 +313,12 @@ async def test_customers_reads_are_not_refused_by_the_clawbacks_breaker(
             grpc.aio.insecure_channel(mesh.address("promotion")) as sidecar,
         ):
             bursts = asyncio.gather(
-                asyncio.gather(*(call_unary(gateway, BALANCE, deadline=10) for _ in range(reads))),
+                asyncio.gather(
+                    *(
+                        call_unary(gateway, BALANCE, deadline=10, metadata=signed_in)
+                        for _ in range(reads)
+                    )
+                ),
                 _burst(sidecar, CLAW, clawbacks),
             )
             # All reads are held by the delay at the same time: far more than the clawback's
@@ -379,7 +385,7 @@ async def test_a_client_side_fault_delay_escapes_timeout_and_circuit_breaker(
 
 
 async def test_gateway_serves_public_rpcs_and_refuses_internal_ones(
-    policy: MeshPolicy, start_mesh: Any
+    policy: MeshPolicy, start_mesh: Any, signed_in: Metadata
 ) -> None:
     backends = {
         name: FakeBackend(
@@ -400,12 +406,12 @@ async def test_gateway_serves_public_rpcs_and_refuses_internal_ones(
             for path in PUBLIC_METHODS:
                 if path == HEALTH_CHECK:
                     continue
-                r = await call_unary(ch, path)
+                r = await call_unary(ch, path, metadata=signed_in)
                 assert r.ok, (path, r)
             for path in INTERNAL_METHODS:
-                r = await call_unary(ch, path)
+                r = await call_unary(ch, path, metadata=signed_in)
                 assert r.code == grpc.StatusCode.PERMISSION_DENIED, (path, r)
-                assert "internal" in r.details
+                assert "does not expose" in r.details
             # Health checks go to order.
             health = await call_unary(
                 ch, HEALTH_CHECK, health_pb2.HealthCheckRequest().SerializeToString()
@@ -437,7 +443,7 @@ async def test_gateway_serves_public_rpcs_and_refuses_internal_ones(
 
 
 async def test_a_not_serving_replica_stops_getting_traffic(
-    policy: MeshPolicy, start_mesh: Any
+    policy: MeshPolicy, start_mesh: Any, signed_in: Metadata
 ) -> None:
     async with (
         FakeBackend("store-0", _methods("store")) as s0,
@@ -447,7 +453,7 @@ async def test_a_not_serving_replica_stops_getting_traffic(
         mesh = await start_mesh(policy, topo)
         await mesh.wait_healthy("gateway|store", 2)
         async with grpc.aio.insecure_channel(mesh.address("gateway")) as ch:
-            warm = [await call_unary(ch, LIST_STORE) for _ in range(20)]
+            warm = [await call_unary(ch, LIST_STORE, metadata=signed_in) for _ in range(20)]
             assert all(r.ok for r in warm)
             assert s0.total_calls > 0
             assert s1.total_calls > 0
@@ -463,7 +469,7 @@ async def test_a_not_serving_replica_stops_getting_traffic(
             )
             detected = time.monotonic() - started
             before = s1.total_calls
-            after = [await call_unary(ch, LIST_STORE) for _ in range(20)]
+            after = [await call_unary(ch, LIST_STORE, metadata=signed_in) for _ in range(20)]
             assert all(r.ok for r in after)
             assert s1.total_calls == before
 
@@ -471,16 +477,16 @@ async def test_a_not_serving_replica_stops_getting_traffic(
             await mesh.wait_healthy("gateway|store", 2, within=limit)
             await wait_until(
                 "store-1 serving again",
-                lambda: _call_count_grows(ch, s1),
+                lambda: _call_count_grows(ch, s1, signed_in),
                 within=limit,
             )
         assert detected <= limit
 
 
-async def _call_count_grows(ch: Any, backend: FakeBackend) -> bool:
+async def _call_count_grows(ch: Any, backend: FakeBackend, signed_in: Metadata) -> bool:
     before = backend.total_calls
     for _ in range(5):
-        await call_unary(ch, LIST_STORE)
+        await call_unary(ch, LIST_STORE, metadata=signed_in)
     return backend.total_calls > before
 
 
@@ -506,13 +512,15 @@ def _message_classes(descriptor_set: Path, *names: str) -> list[Any]:
     return [message_factory.GetMessageClass(pool.FindMessageTypeByName(n)) for n in names]
 
 
-def _http(url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+def _http(
+    url: str, signed_in: Metadata, body: dict[str, Any] | None = None
+) -> tuple[int, dict[str, Any]]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(
         url,
         data=data,
         method="POST" if body is not None else "GET",
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **dict(signed_in)},
     )
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
@@ -522,7 +530,7 @@ def _http(url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, 
 
 
 async def test_http_json_is_transcoded_to_the_grpc_backend(
-    policy: MeshPolicy, start_mesh: Any, descriptor_set: Path
+    policy: MeshPolicy, start_mesh: Any, descriptor_set: Path, signed_in: Metadata
 ) -> None:
     place_req, get_req, order_msg = _message_classes(
         descriptor_set,
@@ -561,6 +569,7 @@ async def test_http_json_is_transcoded_to_the_grpc_backend(
         status, body = await asyncio.to_thread(
             _http,
             f"{base}/v1/orders",
+            signed_in,
             {"customer_id": "c-7", "item": "Galaxy S25", "quantity": 2, "unit_price": 1_200_000},
         )
         assert status == 200, body
@@ -572,14 +581,17 @@ async def test_http_json_is_transcoded_to_the_grpc_backend(
         assert len(seen) == 1
         assert seen[0].quantity == 2
         # gRPC errors become HTTP status + JSON (convert_grpc_status).
-        status, body = await asyncio.to_thread(_http, f"{base}/v1/orders/o-404")
+        status, body = await asyncio.to_thread(_http, f"{base}/v1/orders/o-404", signed_in)
         assert status == 404, body
         assert body["code"] == grpc.StatusCode.NOT_FOUND.value[0]
         assert "o-404" in body["message"]
         # The same route still serves gRPC.
         async with grpc.aio.insecure_channel(mesh.address("gateway")) as ch:
             r = await call_unary(
-                ch, PLACE_ORDER, place_req(customer_id="c-8", quantity=1).SerializeToString()
+                ch,
+                PLACE_ORDER,
+                place_req(customer_id="c-8", quantity=1).SerializeToString(),
+                metadata=signed_in,
             )
         assert r.ok, r
         assert order_msg.FromString(r.response).customer_id == "c-8"

@@ -470,7 +470,8 @@ def test_route_numbers_equal_the_values(
 
     def raw_route_for(method: str) -> dict[str, Any]:
         named = [r for r in raw_routes if method in r.get("methods", [])]
-        return (named or [r for r in raw_routes if "methods" not in r])[0]
+        found: dict[str, Any] = (named or [r for r in raw_routes if "methods" not in r])[0]
+        return found
 
     # The gateway: one exact route per public method, with the policy of the route serving it.
     gateway = routes(config, "gateway")
@@ -648,14 +649,22 @@ def test_transcoder_lists_the_public_services_in_the_descriptor_set(
     assert tc["convert_grpc_status"] is True
     assert tc["print_options"]["always_print_primitive_fields"] is True
     assert tc["print_options"]["preserve_proto_field_names"] is True
-    assert http_filter_names(config, "gateway")[0] == "envoy.filters.http.grpc_json_transcoder"
+    # Client-set claims go first (nothing may read them), then the transcoder, so that the
+    # token checks see the gRPC path of an HTTP/JSON request.
+    assert http_filter_names(config, "gateway") == [
+        "envoy.filters.http.header_mutation",
+        "envoy.filters.http.grpc_json_transcoder",
+        "envoy.filters.http.jwt_authn",
+        "envoy.filters.http.rbac",
+        "envoy.filters.http.router",
+    ]
 
 
 def test_no_descriptor_set_means_grpc_only_and_a_missing_one_is_an_error(
     policy: MeshPolicy, topo: Topology, tmp_path: Path
 ) -> None:
     config = render_envoy_config(policy, topo, None)
-    assert http_filter_names(config, "gateway") == ["envoy.filters.http.router"]
+    assert "envoy.filters.http.grpc_json_transcoder" not in http_filter_names(config, "gateway")
     with pytest.raises(RenderError, match="does not exist"):
         render_envoy_config(policy, topo, tmp_path / "nope.binpb")
 

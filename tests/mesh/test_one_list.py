@@ -23,6 +23,7 @@ from services.kit import catalog
 from services.kit.config import DEFAULT_PORTS, SERVICE_NAMES
 from stack.supervisor import LocalStack
 from tests.helm import chartkit
+from tests.support.identity import Metadata
 
 ORDER = "phoneseller.order.v1.OrderService"
 #: The method a test adds to a copy of the contracts, with an HTTP rule as a public one has.
@@ -85,7 +86,7 @@ def with_a_new_rpc(descriptor_set: Path, out: Path) -> Path:
 
 
 async def test_a_new_rpc_is_closed_at_the_local_gateway(
-    policy: MeshPolicy, start_mesh: Any, descriptor_set: Path, tmp_path: Path
+    policy: MeshPolicy, start_mesh: Any, descriptor_set: Path, tmp_path: Path, signed_in: Metadata
 ) -> None:
     extended = with_a_new_rpc(descriptor_set, tmp_path / "extended.binpb")
     async with FakeBackend("order", [f"/{ORDER}/GetOrder", NEW_PATH]) as order:
@@ -94,8 +95,8 @@ async def test_a_new_rpc_is_closed_at_the_local_gateway(
         )
         await mesh.wait_healthy("gateway|order", 1)
         async with grpc.aio.insecure_channel(mesh.address("gateway")) as channel:
-            refused = await call_unary(channel, NEW_PATH)
-            public = await call_unary(channel, f"/{ORDER}/GetOrder")
+            refused = await call_unary(channel, NEW_PATH, metadata=signed_in)
+            public = await call_unary(channel, f"/{ORDER}/GetOrder", metadata=signed_in)
         status = http_status(f"http://{mesh.address('gateway')}{NEW_HTTP}")
     assert refused.code == grpc.StatusCode.PERMISSION_DENIED, refused
     assert public.ok, "the public methods beside it are served"
@@ -137,7 +138,11 @@ def test_a_new_rpc_is_closed_in_the_rendered_chart(descriptor_set: Path, tmp_pat
         ({"order": {"grpcService": "x.Y", "localPort": 1, "callers": {"nobody": ["A"]}}}, "nobody"),
         (
             {
-                "order": {"grpcService": "x.Y", "localPort": 1, "publicMethods": ["A"]},
+                "order": {
+                    "grpcService": "x.Y",
+                    "localPort": 1,
+                    "publicMethods": {"A": ["customer"]},
+                },
                 "pay": {"grpcService": "x.Z", "localPort": 1},
             },
             "same localPort",

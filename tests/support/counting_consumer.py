@@ -3,6 +3,9 @@ countable. Each Ordered event adds 1 to its order's row, so an effect applied tw
 An event for item "poison" always fails.
 
     python -m tests.support.counting_consumer --database-url URL --nats-url URL
+        --nats-nkey-file FILE
+
+It is NATS user `counter` (tests/support/nats_server.py), granted its durable consumer only.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ class CrashBeforeFirstAck(EventConsumer):
 async def main(args: argparse.Namespace) -> int:
     database = Database(args.database_url, tables.metadata, metadata)
     await database.open()
-    bus = EventBus(args.nats_url, name="counter")
+    bus = EventBus(args.nats_url, name="counter", nkey_file=args.nats_nkey_file)
     consumer_class = CrashBeforeFirstAck if args.crash_before_first_ack else EventConsumer
     consumer = consumer_class(
         "counter",
@@ -97,6 +100,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--nats-url", required=True)
+    parser.add_argument("--nats-nkey-file", required=True)
     parser.add_argument("--max-attempts", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=100)
     # Short, so that what a killed consumer had in flight comes back quickly in tests.

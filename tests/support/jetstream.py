@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import nats
 from google.protobuf.message import Message
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 
 from services.kit.events import MSG_ID, STREAM, Envelope, EventTypes, envelope_for
+from tests.support.nats_server import NatsServer
 
 
 async def publish_events(
@@ -58,17 +58,17 @@ async def events_about(
     return events
 
 
-async def stream_messages(nats_url: str, subject: str = "phoneseller.>") -> list[Msg]:
-    """Every message in the stream on `subject`, from a fresh connection."""
-    client = await nats.connect(nats_url)
+async def stream_messages(server: NatsServer, subject: str = "phoneseller.>") -> list[Msg]:
+    """Every message in the stream on `subject`, from a fresh connection (as admin)."""
+    client = await server.connect()
     try:
         return await read_subject(client.jetstream(), subject)
     finally:
         await client.close()
 
 
-async def stream_count(nats_url: str) -> int:
-    client = await nats.connect(nats_url)
+async def stream_count(server: NatsServer) -> int:
+    client = await server.connect()
     try:
         info = await client.jetstream().stream_info(STREAM)
         count: int = info.state.messages

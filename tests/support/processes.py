@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.support.nats_server import NatsServer
 from tests.support.ports import free_port
 from tests.support.waiting import wait_until
 
@@ -36,13 +37,14 @@ def is_serving(address: str, service: str = "") -> bool:
 
 
 class ServiceProcess:
-    """One `phoneseller-server SERVICE` process with its own port, data folder and log."""
+    """One `phoneseller-server SERVICE` process with its own port, data folder and log, that
+    connects to `nats` as its service's NATS user."""
 
     def __init__(
         self,
         service: str,
         run_dir: Path,
-        nats_url: str,
+        nats: NatsServer,
         *,
         port: int | None = None,
         env: dict[str, str] | None = None,
@@ -55,9 +57,12 @@ class ServiceProcess:
             **os.environ,
             "PHONESELLER_GRPC_PORT": str(self.port),
             "PHONESELLER_DATA_DIR": str(run_dir / "data"),
-            "PHONESELLER_NATS_URL": nats_url,
+            "PHONESELLER_NATS_URL": nats.url,
+            "PHONESELLER_NATS_NKEY_FILE": nats.nkey_file(service),
             "PHONESELLER_SHUTDOWN_DRAIN_SECONDS": "0",
             "PHONESELLER_LOG_LEVEL": "INFO",
+            # No metrics endpoint unless a test asks: tests run side by side on one machine.
+            "PHONESELLER_METRICS_PORT": "0",
             **(env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None

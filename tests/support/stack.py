@@ -21,8 +21,12 @@ def stack_on_free_ports(
     replicas: int = 1,
     service_env: dict[str, dict[str, str]] | None = None,
     replica_env: dict[str, dict[str, str]] | None = None,
+    otel_env: dict[str, str] | None = None,
 ) -> LocalStack:
-    """A LocalStack whose every port is free, so tests never meet a developer's `make up`."""
+    """A LocalStack whose every port is free, so tests never meet a developer's `make up`.
+
+    `otel_env`: the `OTEL_*` variables of every service (default: none, tracing off, whatever
+    the environment of the tests says)."""
     return LocalStack(
         run_dir=run_dir,
         nats_port=free_port(),
@@ -34,6 +38,8 @@ def stack_on_free_ports(
         replicas=replicas,
         service_env=dict(service_env or {}),
         replica_env=dict(replica_env or {}),
+        metrics_ports={s: [free_port() for _ in range(replicas)] for s in SERVICE_NAMES},
+        otel_env=dict(otel_env or {}),
         # Envoy's health check needs a round to see a draining replica (docs/mesh.md).
         ready_timeout=120,
     )

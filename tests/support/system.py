@@ -58,7 +58,7 @@ class System:
         created = ServiceProcess(
             service,
             self.run_dir,
-            self.nats.url,
+            self.nats,
             port=self.ports[service],
             env=self.service_env(service),
         )

@@ -1,16 +1,20 @@
-"""The command line: where calls go, options before or after the command, usage errors."""
+"""The command line: where calls go, who they are signed for, options before or after the
+command, usage errors."""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
+import jwt
 import pytest
 
 from client import cli
 from client.api import Addresses, ApiError
 from client.demo import Action, Demo, StepError
+from client.issuer import AUDIENCE, ISSUER, DevIssuer
 
 
 def addresses(*argv: str) -> Addresses:
@@ -35,15 +39,43 @@ def test_per_service_addresses_override_the_gateway() -> None:
     assert found == Addresses("o:1", "gw:1", "gw:1", "gw:1", "c:1")
 
 
-def test_direct_uses_the_local_stack_ports() -> None:
-    assert addresses("--direct") == Addresses(
-        "127.0.0.1:50051",
-        "127.0.0.1:50052",
-        "127.0.0.1:50053",
-        "127.0.0.1:50054",
-        "127.0.0.1:50055",
+def test_a_given_token_goes_with_every_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PHONESELLER_TOKEN", "from-env")
+    parsed = cli.build_parser().parse_args(["get", "o-1"])
+    assert cli.sign_in_of(parsed).token("customer", "bob") == "from-env"
+    parsed = cli.build_parser().parse_args(["history", "alice", "--token", "given"])
+    assert cli.sign_in_of(parsed).token("operator", "x") == "given"
+
+
+def test_without_a_token_the_development_issuer_signs_for_whom_the_call_acts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("PHONESELLER_TOKEN", raising=False)
+    monkeypatch.setenv("PHONESELLER_RUN_DIR", str(tmp_path))
+    DevIssuer(tmp_path / "auth").ensure()
+    sign_in = cli.sign_in_of(cli.build_parser().parse_args(["history", "alice"]))
+    claims = jwt.decode(
+        sign_in.token("customer", "alice") or "", options={"verify_signature": False}
     )
-    assert addresses("--direct", "--store-address", "s:1").store == "s:1"
+    assert (claims["sub"], claims["roles"], claims["iss"]) == ("alice", ["customer"], ISSUER)
+
+
+def test_token_prints_a_token_of_the_issuer(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    issuer = DevIssuer(tmp_path / "auth").ensure()
+    assert cli.main(["token", "--dealer", "d1", "--run-dir", str(tmp_path)]) == 0
+    token = capsys.readouterr().out.strip()
+    public = jwt.PyJWKSet.from_json(issuer.jwks_path.read_text()).keys[0]
+    claims = jwt.decode(token, public.key, algorithms=["ES256"], audience=AUDIENCE)
+    assert (claims["sub"], claims["roles"]) == ("d1", ["dealer"])
+
+
+def test_token_without_a_key_says_to_bring_the_stack_up(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert cli.main(["token", "--customer", "alice", "--run-dir", str(tmp_path)]) == 1
+    assert "make up" in capsys.readouterr().err
 
 
 def test_common_options_also_after_the_command() -> None:
@@ -105,7 +137,7 @@ def test_help_documents_the_addresses(capsys: pytest.CaptureFixture[str]) -> Non
         cli.main(["--help"])
     assert exited.value.code == 0
     text = capsys.readouterr().out
-    for word in ("PHONESELLER_GATEWAY", "127.0.0.1:8080", "--order-address", "--direct", "--json"):
+    for word in ("PHONESELLER_GATEWAY", "127.0.0.1:8080", "--order-address", "--token", "--json"):
         assert word in text
 
 

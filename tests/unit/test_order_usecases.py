@@ -9,11 +9,15 @@ import pytest
 
 from services.kit import errors
 from services.kit.db import Database
+from services.kit.identity import Caller
 from services.order import usecases
 from services.order.domain import Order, OrderStatus
 from services.order.repository import OrderUnitOfWork, metadata
 from services.order.usecases import PaymentOutcome, PlaceOrder
 from tests.support.in_memory import in_memory_database, outbox_types
+
+#: The customer of the orders `place()` makes, signed in.
+ALICE = Caller("alice", frozenset({"customer"}))
 
 
 class FakePayment:
@@ -122,12 +126,16 @@ async def test_cancelling_cancels_the_payment_then_the_order(
     database: Database, payment: FakePayment
 ) -> None:
     order = await usecases.place_order(OrderUnitOfWork(database), payment, place())
-    cancelled = await usecases.cancel_order(OrderUnitOfWork(database), payment, order.order_id, "")
+    cancelled = await usecases.cancel_order(
+        OrderUnitOfWork(database), payment, order.order_id, "", ALICE
+    )
     assert cancelled.status is OrderStatus.CANCELLED
     assert payment.cancelled == [(order.payment_id, f"cancel-{order.order_id}")]
     assert await outbox_types(database) == ["Ordered", "OrderCancelled"]
 
-    again = await usecases.cancel_order(OrderUnitOfWork(database), payment, order.order_id, "c")
+    again = await usecases.cancel_order(
+        OrderUnitOfWork(database), payment, order.order_id, "c", ALICE
+    )
     assert again.status is OrderStatus.CANCELLED
     assert len(payment.cancelled) == 1, "a cancelled order is not cancelled twice"
 
@@ -140,14 +148,16 @@ async def test_a_refused_clawback_leaves_the_order_paid(
         "PROMOTION_UNAVAILABLE", "points system down", retry_after_seconds=0.5
     )
     with pytest.raises(errors.ServiceError) as refused:
-        await usecases.cancel_order(OrderUnitOfWork(database), payment, order.order_id, "c-1")
+        await usecases.cancel_order(
+            OrderUnitOfWork(database), payment, order.order_id, "c-1", ALICE
+        )
     assert refused.value.reason == "PROMOTION_UNAVAILABLE"
     assert (await order_in(database, order.order_id)).status is OrderStatus.PAID
     assert await outbox_types(database) == ["Ordered"]
 
     payment.cancel_refusal = None  # the retry with the same request id goes through
     cancelled = await usecases.cancel_order(
-        OrderUnitOfWork(database), payment, order.order_id, "c-1"
+        OrderUnitOfWork(database), payment, order.order_id, "c-1", ALICE
     )
     assert cancelled.status is OrderStatus.CANCELLED
     assert payment.cancelled == [(order.payment_id, "c-1")]
@@ -163,7 +173,7 @@ async def test_an_order_whose_payment_is_pending_cannot_be_cancelled(
         pending = await uow.orders.by_request_id("r-4")
     assert pending is not None and pending.status is OrderStatus.ORDERED
     with pytest.raises(errors.ServiceError) as refused:
-        await usecases.cancel_order(OrderUnitOfWork(database), payment, pending.order_id, "")
+        await usecases.cancel_order(OrderUnitOfWork(database), payment, pending.order_id, "", ALICE)
     assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
     assert refused.value.reason == "ORDER_PAYMENT_PENDING"
 
@@ -178,12 +188,25 @@ async def test_a_shipped_order_cannot_be_cancelled(
         await uow.orders.save(shipped)
         await uow.commit()
     with pytest.raises(errors.ServiceError) as refused:
-        await usecases.cancel_order(OrderUnitOfWork(database), payment, order.order_id, "")
+        await usecases.cancel_order(OrderUnitOfWork(database), payment, order.order_id, "", ALICE)
     assert refused.value.reason == "ORDER_ALREADY_SHIPPED"
     assert payment.cancelled == []
 
 
 async def test_an_unknown_order_is_not_found(database: Database, payment: FakePayment) -> None:
     with pytest.raises(errors.ServiceError) as missing:
-        await usecases.cancel_order(OrderUnitOfWork(database), payment, "nope", "")
+        await usecases.cancel_order(OrderUnitOfWork(database), payment, "nope", "", ALICE)
     assert missing.value.code is grpc.StatusCode.NOT_FOUND
+
+
+async def test_only_the_orders_customer_may_cancel_it(database: Database) -> None:
+    payment = FakePayment()
+    order = await usecases.place_order(OrderUnitOfWork(database), payment, place())
+    for someone in (Caller("bob", frozenset({"customer"})), Caller("op", frozenset({"operator"}))):
+        with pytest.raises(errors.ServiceError) as refused:
+            await usecases.cancel_order(
+                OrderUnitOfWork(database), payment, order.order_id, "c", someone
+            )
+        assert refused.value.code is grpc.StatusCode.PERMISSION_DENIED
+    assert payment.cancelled == [], "nothing was asked of the payment"
+    assert (await order_in(database, order.order_id)).status is OrderStatus.PAID

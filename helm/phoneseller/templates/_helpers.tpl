@@ -35,8 +35,13 @@ name already contains it. Truncated so that "<fullname>-<service>-database" stay
 {{- .Values.image.tag | default .Chart.AppVersion -}}
 {{- end -}}
 
+{{/* The image reference: repository@digest when image.digest pins it, else repository:tag. */}}
 {{- define "phoneseller.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (include "phoneseller.imageTag" .) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Labels of every resource of the release; "component" says what part it is. */}}
@@ -231,3 +236,9 @@ sidecar.istio.io/inject: "true"
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{- /*
+The header the ingress gateway passes the verified token's payload in; the services read it
+(services/kit/identity.py CLAIMS_HEADER; tests/helm/test_chart_end_users.py checks both agree).
+*/ -}}
+{{- define "phoneseller.claimsHeader" -}}x-phoneseller-claims{{- end -}}
