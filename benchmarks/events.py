@@ -6,6 +6,9 @@ Starts its own nats-server on a free port (JetStream on a temporary folder), the
    SQLite outbox while the real OutboxRelay publishes them and the real EventConsumer applies
    them with its inbox into a second SQLite database; the clock runs from the first commit to
    the last event handled.
+
+Authentication is on as in `make up`: the producer publishes as NATS user order, the consumer
+is a user of its own granted its durable consumer like a service's; the raw figures use admin.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import nats
 from google.protobuf.message import Message
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from phoneseller.order.v1 import events_pb2
@@ -34,8 +36,12 @@ from services.kit.events import Envelope, EventTypes, new_event
 from services.kit.outbox import OutboxRelay
 from services.kit.sql import Statement, insert_row
 from services.kit.uow import UnitOfWork
+from stack.nats import Grant
 from tests.support.announcements import Announcement, AnnouncingUnitOfWork
 from tests.support.nats_server import NatsServer
+
+#: The benchmark's consumer: a grant like a consuming service's.
+BENCH = Grant("bench", durables=("bench",))
 
 effects_metadata = MetaData()
 effects = Table(
@@ -46,8 +52,8 @@ effects = Table(
 )
 
 
-async def raw_jetstream(url: str, count: int) -> tuple[float, float]:
-    client = await nats.connect(url)
+async def raw_jetstream(server: NatsServer, count: int) -> tuple[float, float]:
+    client = await server.connect()
     js = client.jetstream()
     await js.add_stream(StreamConfig(name="RAW", subjects=["raw.>"], storage=StorageType.FILE))
     payload = b"x" * 120
@@ -86,10 +92,10 @@ async def apply_effects(uow: UnitOfWork, batch: Sequence[tuple[Message, Envelope
     )
 
 
-async def consume(url: str, folder: Path, count: int) -> None:
+async def consume(url: str, nkey_file: str, folder: Path, count: int) -> None:
     database = Database(f"sqlite:///{folder / 'consumer.db'}", tables.metadata, effects_metadata)
     await database.open()
-    bus = EventBus(url, name="bench-consumer")
+    bus = EventBus(url, name="bench-consumer", user=BENCH.user, nkey_file=nkey_file)
     await bus.connect()
     consumer = EventConsumer(
         "bench", bus, EventTypes([events_pb2.Ordered]), apply_effects, lambda: UnitOfWork(database)
@@ -107,19 +113,24 @@ async def consume(url: str, folder: Path, count: int) -> None:
     await database.close()
 
 
-def consumer_process(url: str, folder: str, count: int) -> None:
-    asyncio.run(consume(url, Path(folder), count))
+def consumer_process(url: str, nkey_file: str, folder: str, count: int) -> None:
+    asyncio.run(consume(url, nkey_file, Path(folder), count))
 
 
-async def end_to_end(url: str, folder: Path, count: int, per_transaction: int) -> dict[str, float]:
+async def end_to_end(
+    server: NatsServer, folder: Path, count: int, per_transaction: int
+) -> dict[str, float]:
     """The producing service (writer + relay) here; the consuming service in its own process,
     as they would be deployed."""
     producer = Database(f"sqlite:///{folder / 'producer.db'}", tables.metadata)
     await producer.open()
-    bus = EventBus(url, name="bench-producer")
+    bus = EventBus(
+        server.url, name="bench-producer", user="order", nkey_file=server.nkey_file("order")
+    )
     await bus.connect()
     consumer = multiprocessing.get_context("spawn").Process(
-        target=consumer_process, args=(url, str(folder), count)
+        target=consumer_process,
+        args=(server.url, server.nkey_file(BENCH.user), str(folder), count),
     )
     consumer.start()
     relay = OutboxRelay(producer, bus)
@@ -164,11 +175,11 @@ async def end_to_end(url: str, folder: Path, count: int, per_transaction: int) -
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-events-") as tmp:
         folder = Path(tmp)
-        server = NatsServer(folder / "jetstream").start()
+        server = NatsServer(folder / "jetstream", grants=[BENCH]).start()
         try:
-            publish_rate, fetch_rate = await raw_jetstream(server.url, args.events)
+            publish_rate, fetch_rate = await raw_jetstream(server, args.events)
             result: dict[str, Any] = await end_to_end(
-                server.url, folder, args.events, args.per_transaction
+                server, folder, args.events, args.per_transaction
             )
         finally:
             server.stop()

@@ -1,6 +1,7 @@
 """Rebuild the customer view by replaying the PHONESELLER stream into a new database.
 
-    python -m services.customer.rebuild --database-url URL [--nats-url URL] [--json]
+    python -m services.customer.rebuild --database-url URL [--nats-url URL]
+        [--nats-nkey-file FILE] [--json]
 
 The view is built only from events, so it can always be rebuilt: this command reads the stream
 from its first message with an ephemeral consumer (nothing is acknowledged, the service's
@@ -12,12 +13,17 @@ The database must be new (empty), or one this command filled before: it records 
 replayed sequence in `customer_replay`, and a second run continues from there, so a short
 second run after stopping the live service closes the gap before the swap. A database that
 holds a view the command did not build (the live one) is refused.
+
+It connects as NATS user `customer` (the customer service's nkey, `--nats-nkey-file` or
+$PHONESELLER_NATS_NKEY_FILE), which may use one replay consumer, `customer-rebuild`, besides
+its durable one: so one rebuild runs at a time, and a run first removes what a crashed run left.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -32,6 +38,7 @@ from nats.js.errors import FetchTimeoutError, NotFoundError
 from services.customer.domain import EVENT_TYPES, Fact, fact_from_event
 from services.customer.repository import CustomerUnitOfWork, ReplayCheckpoint, metadata
 from services.kit import logs, tables
+from services.kit.bus import auth_options
 from services.kit.clock import utcnow
 from services.kit.db import Database, DatabaseError
 from services.kit.events import STREAM, Envelope
@@ -40,6 +47,10 @@ log = logging.getLogger("services.customer.rebuild")
 
 
 MAX_BATCH_SIZE = 4096
+#: The NATS user the rebuild runs as, and the name of its ephemeral consumer: NATS grants that
+#: user this one consumer name (stack/nats.py), as a server-made name could not be granted.
+NATS_USER = "customer"
+REPLAY_CONSUMER = "customer-rebuild"
 
 
 class RebuildError(Exception):
@@ -107,6 +118,7 @@ async def rebuild(
     database_url: str,
     nats_url: str,
     *,
+    nkey_file: str = "",
     batch_size: int = 256,
     fetch_timeout: float = 1.0,
     open_timeout: float = 15.0,
@@ -124,7 +136,10 @@ async def rebuild(
                 )
         try:
             client = await nats.connect(
-                servers=nats_url.split(","), connect_timeout=3, max_reconnect_attempts=2
+                servers=nats_url.split(","),
+                connect_timeout=3,
+                max_reconnect_attempts=2,
+                **auth_options(NATS_USER, nkey_file),
             )
         except Exception as exc:
             raise RebuildError(f"cannot connect to NATS at {nats_url}: {exc!r}") from None
@@ -171,10 +186,14 @@ async def _replay(
         saved = mark
 
     if start <= target:
-        # An ephemeral consumer of our own: the service's durable consumer is left alone.
+        # An ephemeral consumer of our own: the service's durable consumer is left alone. One
+        # left by a run that died would refuse our start sequence until it expires.
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(STREAM, REPLAY_CONSUMER)
         consumer = await js.add_consumer(
             STREAM,
             ConsumerConfig(
+                name=REPLAY_CONSUMER,
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                 opt_start_seq=start,
                 ack_policy=AckPolicy.NONE,
@@ -254,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
         help="NATS server(s), comma-separated (default: $PHONESELLER_NATS_URL or %(default)s)",
     )
     parser.add_argument(
+        "--nats-nkey-file",
+        default=os.environ.get("PHONESELLER_NATS_NKEY_FILE", ""),
+        help="the customer service's NATS nkey seed (default: $PHONESELLER_NATS_NKEY_FILE)",
+    )
+    parser.add_argument(
         "--batch-size", type=int, default=256, help="events per transaction (%(default)s)"
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -266,7 +290,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--batch-size must be between 1 and {MAX_BATCH_SIZE}")
     logs.configure("customer-rebuild", args.log_level)
     try:
-        report = asyncio.run(rebuild(args.database_url, args.nats_url, batch_size=args.batch_size))
+        report = asyncio.run(
+            rebuild(
+                args.database_url,
+                args.nats_url,
+                nkey_file=args.nats_nkey_file,
+                batch_size=args.batch_size,
+            )
+        )
     except (RebuildError, DatabaseError) as exc:
         print(f"customer view rebuild: {exc}", file=sys.stderr)
         return 1

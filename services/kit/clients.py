@@ -7,7 +7,7 @@ import json
 
 import grpc
 
-from services.kit import context
+from services.kit import context, tracing
 
 # Retries belong to the mesh (Envoy / Istio), not to the client: retrying in both multiplies
 # attempts. The client only keeps its connection healthy and fails fast when nothing listens.
@@ -19,17 +19,18 @@ def outgoing_metadata() -> tuple[tuple[str, str], ...]:
 
     Passed by the callers themselves rather than by a client interceptor: grpc.aio wraps every
     intercepted call in a second call object (measured here: ~20 of ~220 µs of the client's
-    CPU per call).
+    CPU per call). With tracing on, OpenTelemetry's client interceptor (`channel`) writes the
+    trace headers of the call's own span and this adds the rest (services/kit/context.py).
     """
-    if order_id := context.correlation_id.get():
-        return (("traceparent", context.child_traceparent()), ("x-correlation-id", order_id))
-    return (("traceparent", context.child_traceparent()),)
+    return context.outgoing_headers()
 
 
 def channel(address: str) -> grpc.aio.Channel:
     """A plaintext channel to a peer (mTLS is the mesh's job) with context propagation."""
     return grpc.aio.insecure_channel(
         address,
+        # None when tracing is off: no interceptor at all on the call path.
+        interceptors=tracing.client_interceptors(),
         options=[
             ("grpc.service_config", _SERVICE_CONFIG),
             ("grpc.enable_retries", 0),

@@ -33,7 +33,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header, StatusCode
 from sqlalchemy import bindparam, delete, select
 
-from services.kit import context
+from services.kit import context, metrics, tracing
 from services.kit.events import EVENT_TYPE, MSG_ID, STREAM, Envelope, EventTypes
 from services.kit.sql import Statement, insert_row
 from services.kit.tables import dead_letters, inbox
@@ -289,6 +289,7 @@ class EventConsumer:
             return
         await self.acknowledge([msg for msg, _, _ in decoded])
         self.handled += len(decoded)
+        metrics.events_handled(self.name, (envelope.event_type for _, envelope, _ in decoded))
 
     async def acknowledge(self, messages: Sequence[Msg]) -> None:
         """Ack a committed batch. Dying before this is safe: the inbox absorbs redelivery."""
@@ -309,11 +310,14 @@ class EventConsumer:
             return
         if getattr(self.handler, "handles_batches", False):
             batch_handler: Any = self.handler
-            await batch_handler(uow, fresh)
+            with tracing.consuming_batch(self.name, [envelope for _, envelope in fresh]):
+                await batch_handler(uow, fresh)
         else:
             handler: Any = self.handler
             for event, envelope in fresh:
-                with context.bound(order_id=envelope.order_id, parent=envelope.traceparent or None):
+                # A CONSUMER span, child of the producer's (tracing on), or the event's
+                # traceparent bound (off): the logs, and the events the handler causes.
+                with tracing.consuming(self.name, envelope):
                     await handler(uow, event, envelope)
         now = datetime.now(UTC)
         await uow.session.execute_many(
@@ -342,7 +346,7 @@ class EventConsumer:
                 return
             delays = self.settings.backoff_seconds
             delay = delays[min(attempts, len(delays)) - 1]
-            with context.bound(order_id=envelope.order_id):
+            with context.bound(order_id=envelope.order_id, parent=envelope.traceparent or None):
                 log.warning(
                     "event failed; will retry",
                     extra={
@@ -358,6 +362,7 @@ class EventConsumer:
             return
         await msg.ack()
         self.handled += 1
+        metrics.events_handled(self.name, (envelope.event_type,))
 
     async def _park(self, msg: Msg, envelope: Envelope | None, error: str) -> None:
         """Move an event aside with its error, mark it handled, and let the stream move on."""
@@ -392,6 +397,7 @@ class EventConsumer:
                 )
                 await uow.commit()
                 self.parked += 1
+                metrics.event_parked(self.name, event_type)
                 log.error(
                     "event parked in dead_letters",
                     extra={

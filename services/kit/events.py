@@ -38,6 +38,7 @@ EVENT_ID = "Phoneseller-Event-Id"
 ORDER_ID = "Phoneseller-Order-Id"
 CUSTOMER_ID = "Phoneseller-Customer-Id"
 TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
 
 E = TypeVar("E", bound=Message)
 
@@ -79,6 +80,8 @@ class Envelope:
     occurred_at: datetime | None
     traceparent: str
     payload: bytes
+    #: W3C tracestate that goes with `traceparent` (vendors' trace data; usually empty).
+    tracestate: str = ""
 
     def headers(self) -> dict[str, str]:
         headers = {
@@ -89,6 +92,8 @@ class Envelope:
         }
         if self.traceparent:
             headers[TRACEPARENT] = self.traceparent
+            if self.tracestate:
+                headers[TRACESTATE] = self.tracestate
         return headers
 
     def outbox_row(self, writer: str) -> dict[str, object]:
@@ -102,6 +107,7 @@ class Envelope:
             "customer_id": self.customer_id,
             "occurred_at": self.occurred_at,
             "traceparent": self.traceparent,
+            "tracestate": self.tracestate,
             "payload": self.payload,
         }
 
@@ -119,6 +125,7 @@ class Envelope:
             occurred_at=occurred_at,
             traceparent=row["traceparent"],
             payload=bytes(row["payload"]),
+            tracestate=row.get("tracestate") or "",
         )
 
     @classmethod
@@ -139,6 +146,7 @@ class Envelope:
             occurred_at=None,
             traceparent=headers.get(TRACEPARENT, ""),
             payload=payload,
+            tracestate=headers.get(TRACESTATE, ""),
         )
 
 
@@ -151,8 +159,12 @@ def utc_datetime(value: Timestamp) -> datetime:
     return _EPOCH + timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
 
 
-def envelope_for(event: Message) -> Envelope:
-    """Wrap an event message for the outbox, taking the trace context of the current call."""
+def envelope_for(event: Message, trace: tuple[str, str] | None = None) -> Envelope:
+    """Wrap an event message for the outbox with the trace context it was raised in: `trace`
+    ((traceparent, tracestate), as `context.current()` gives it), else the current one.
+
+    That context is the parent of the span that publishes the event (services.kit.tracing)."""
+    traceparent, tracestate = context.current() if trace is None else trace
     fields: Any = event
     event_type = event.DESCRIPTOR.full_name
     return Envelope(
@@ -162,8 +174,9 @@ def envelope_for(event: Message) -> Envelope:
         order_id=fields.order_id,
         customer_id=fields.customer_id,
         occurred_at=utc_datetime(fields.occurred_at),
-        traceparent=context.child_traceparent() if context.traceparent.get() else "",
+        traceparent=traceparent,
         payload=event.SerializeToString(),
+        tracestate=tracestate,
     )
 
 

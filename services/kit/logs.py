@@ -1,4 +1,5 @@
-"""Structured JSON logs, one object per line, carrying the correlation and trace ids."""
+"""Structured JSON logs, one object per line, carrying the correlation id and the trace and span
+ids of the active span (tracing on) or of the caller's (off; services/kit/context.py)."""
 
 from __future__ import annotations
 
@@ -31,8 +32,10 @@ class JsonFormatter(logging.Formatter):
         }
         if order_id := context.correlation_id.get():
             entry["order_id"] = order_id
-        if trace_id := context.trace_id():
-            entry["trace_id"] = trace_id
+        traceparent = context.current()[0]
+        if len(traceparent) == 55:  # 00-<trace id>-<span id>-<flags>
+            entry["trace_id"] = traceparent[3:35]
+            entry["span_id"] = traceparent[36:52]
         for key, value in vars(record).items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
                 entry[key] = value

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import bindparam, delete, or_, select
 
+from services.kit import metrics, tracing
 from services.kit.bus import Published
 from services.kit.events import Envelope
 from services.kit.sql import Statement
@@ -118,9 +119,11 @@ class OutboxRelay:
             )
         if not rows:
             return 0
-        acks = await self.bus.publish_all(
-            [Envelope.from_outbox_row(row) for row in rows], self.publish_timeout
-        )
+        envelopes = [Envelope.from_outbox_row(row) for row in rows]
+        # Tracing on: a PRODUCER span per event, whose context the published headers carry.
+        with tracing.producing(envelopes) as producing:
+            acks = await self.bus.publish_all(producing.envelopes, self.publish_timeout)
+            producing.acknowledged(acks)
         sent = [
             {"event_id": row["event_id"]}
             for row, ack in zip(rows, acks, strict=True)
@@ -131,8 +134,15 @@ class OutboxRelay:
                 await uow.session.execute_many(_SENT, sent)
                 await uow.commit()
         failures = [ack for ack in acks if not isinstance(ack, Published)]
-        self.published += sum(1 for ack in acks if isinstance(ack, Published) and not ack.duplicate)
-        self.duplicates += sum(1 for ack in acks if isinstance(ack, Published) and ack.duplicate)
+        published = [
+            envelope.event_type
+            for envelope, ack in zip(envelopes, acks, strict=True)
+            if isinstance(ack, Published) and not ack.duplicate
+        ]
+        duplicates = sum(1 for ack in acks if isinstance(ack, Published) and ack.duplicate)
+        metrics.events_published(published, duplicates, len(failures))
+        self.published += len(published)
+        self.duplicates += duplicates
         if failures:
             raise RuntimeError(f"{len(failures)} of {len(acks)} publishes failed: {failures[0]!r}")
         return len(sent)

@@ -37,6 +37,10 @@ outbox = Table(
     Column("traceparent", String(64), nullable=False),
     Column("payload", LargeBinary, nullable=False),
     Column("writer", String(64), nullable=False),
+    # The W3C tracestate that goes with traceparent (services.kit.tracing). Added after the
+    # table was first shipped: a data folder from before it needs `make down` and a fresh
+    # .run/data (create_all adds no column to an existing table; docs/architecture.md).
+    Column("tracestate", Text, nullable=False, server_default=""),
 )
 
 #: Ids of events this service has handled, written in the handler's transaction. A row is

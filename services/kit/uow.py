@@ -30,6 +30,7 @@ from typing import Protocol, Self
 
 from google.protobuf.message import Message
 
+from services.kit import context, metrics
 from services.kit.db import Database, Session, Transaction
 from services.kit.events import envelope_for
 from services.kit.sql import insert_row
@@ -53,11 +54,15 @@ class Repository:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.saved: list[Aggregate] = []
+        #: The trace context each saved aggregate was saved in: its events' context (a batch
+        #: handler or an event handler commits after its event's span has ended).
+        self.saved_in: list[tuple[str, str]] = []
 
     def _saved(self, aggregate: Aggregate) -> None:
         """Call from `save` once the aggregate is written: its events will be published."""
         if not any(a is aggregate for a in self.saved):
             self.saved.append(aggregate)
+            self.saved_in.append(context.current())
 
 
 _INSERT_OUTBOX = insert_row(outbox)
@@ -72,6 +77,8 @@ class UnitOfWork:
         self._transaction: Transaction | None = None
         self._repositories: list[Repository] = []
         self.committed = False
+        #: The events the transaction writes, counted (services.kit.metrics) once it is durable.
+        self._events: list[Message] = []
 
     def repositories(self, session: Session) -> Sequence[Repository]:
         """Create the service's repositories on `session` (as attributes) and return them."""
@@ -106,7 +113,10 @@ class UnitOfWork:
     ) -> None:
         transaction, self._transaction = self._transaction, None
         if transaction is not None:
+            events, self._events = self._events, []
             await transaction.end(commit=self.committed and exc is None)
+            if events and self.committed and exc is None:
+                metrics.events_committed(events)  # durable now: count the saga's steps
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[Self]:
@@ -120,12 +130,18 @@ class UnitOfWork:
 
     def collect_new_events(self) -> Iterator[Message]:
         """The events of every saved aggregate, each once (taken off the aggregate)."""
+        for event, _ in self._collect_with_context():
+            yield event
+
+    def _collect_with_context(self) -> Iterator[tuple[Message, tuple[str, str]]]:
         for repository in self._repositories:
-            for aggregate in repository.saved:
+            for aggregate, trace in zip(repository.saved, repository.saved_in, strict=True):
                 events = list(aggregate.events)
                 aggregate.events.clear()
-                yield from events
+                for event in events:
+                    yield event, trace
             repository.saved.clear()
+            repository.saved_in.clear()
 
     async def commit(self) -> None:
         """Keep this unit of work's changes, with the events they raised in the outbox."""
@@ -134,7 +150,9 @@ class UnitOfWork:
         transaction = self._transaction
         if transaction is None:
             raise RuntimeError("unit of work used outside its `async with` block")
-        envelopes = [envelope_for(event) for event in self.collect_new_events()]
+        raised = list(self._collect_with_context())
+        envelopes = [envelope_for(event, trace) for event, trace in raised]
+        self._events = [event for event, _ in raised]
         if envelopes:
             writer = self.database.writer_id
             await transaction.session.execute_many(

@@ -8,7 +8,7 @@ import grpc
 from phoneseller.promotion.v1 import promotion_service_pb2 as promotion_pb
 from phoneseller.promotion.v1 import promotion_service_pb2_grpc as promotion_grpc
 
-from services.kit import clients, errors
+from services.kit import clients, errors, metrics
 from services.payment.domain import Payment
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class PromotionClient:
             # The seed's fallback: the points system is down, slow or overloaded (the mesh's
             # circuit breaker answers for it). Nothing is cancelled; come back shortly.
             delay = errors.retry_delay_seconds(errors.from_rpc_error(exc)) or 1.0
+            metrics.clawback_refused("PROMOTION_UNAVAILABLE")
             log.warning(
                 "clawback failed; payment left as it was",
                 extra={

@@ -120,7 +120,11 @@ def test_every_deployment_runs_one_service_of_the_one_image(rendered: Rendered) 
         c = container(deployment)
         assert c["command"] == ["phoneseller-server", service]
         assert {"name": "PHONESELLER_SERVICE", "value": service} in c["env"]
-        assert c["ports"] == [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}]
+        metrics = rendered.values["observability"]["metrics"]["port"]
+        assert c["ports"] == [
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "http-metrics", "containerPort": metrics, "protocol": "TCP"},
+        ]
 
 
 def test_every_object_carries_the_recommended_labels(rendered: Rendered) -> None:
@@ -153,15 +157,18 @@ def test_termination_grace_outlasts_the_graceful_shutdown(rendered: Rendered) ->
             assert chartkit.duration_seconds(proxy["terminationDrainDuration"]) >= stopping
 
 
-def test_pods_are_scraped_through_the_sidecar_when_istio_is_on(rendered: Rendered) -> None:
+def test_pods_name_the_service_metrics_port_for_scraping(rendered: Rendered) -> None:
+    """The prometheus.io annotations name the service's own metrics port, with or without Istio:
+    Istio's metrics merging reads them and serves those metrics beside the sidecar's on 15020
+    (docs/observability.md)."""
+    port = rendered.values["observability"]["metrics"]["port"]
     for deployment in rendered.of_kind("Deployment"):
         annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-        if rendered.values["istio"]["enabled"]:
-            assert annotations["prometheus.io/scrape"] == "true"
-            assert annotations["prometheus.io/port"] == "15020"
-            assert annotations["prometheus.io/path"] == "/stats/prometheus"
-        else:
-            assert "prometheus.io/port" not in annotations
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == str(port)
+        assert annotations["prometheus.io/path"] == "/metrics"
+        ports = {p["name"]: p["containerPort"] for p in container(deployment)["ports"]}
+        assert ports["http-metrics"] == port
 
 
 # --- Services -------------------------------------------------------------------------------

@@ -31,16 +31,21 @@ KILLS = 5
 
 
 class RelayProcess:
-    def __init__(self, database_url: str, nats_url: str, log_path: Path) -> None:
+    def __init__(self, database_url: str, nats: NatsServer, log_path: Path) -> None:
+        # The relay of order's outbox publishes as order: NATS lets nobody else.
         self.args = [
             sys.executable,
             "-m",
             "services.kit.tools",
             "relay",
+            "--service",
+            "order",
             "--database-url",
             database_url,
             "--nats-url",
-            nats_url,
+            nats.url,
+            "--nats-nkey-file",
+            nats.nkey_file("order"),
         ]
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
@@ -74,7 +79,7 @@ async def test_every_event_published_once_while_the_relay_is_killed(
     url = f"sqlite:///{db_path}"
     database = Database(url, tables.metadata)
     await database.open()
-    relay = RelayProcess(url, nats_server.url, tmp_path / "relay.log")
+    relay = RelayProcess(url, nats_server, tmp_path / "relay.log")
     relay.start()
     committed: list[str] = []
 
@@ -99,7 +104,7 @@ async def test_every_event_published_once_while_the_relay_is_killed(
 
     async def published_so_far() -> int:
         try:
-            return await stream_count(nats_server.url)
+            return await stream_count(nats_server)
         except NotFoundError:  # the relay has not created the stream yet
             return 0
 
@@ -129,8 +134,8 @@ async def test_every_event_published_once_while_the_relay_is_killed(
     )
     assert relay.stop() == 0
 
-    assert await stream_count(nats_server.url) == EVENTS
-    messages = await stream_messages(nats_server.url)
+    assert await stream_count(nats_server) == EVENTS
+    messages = await stream_messages(nats_server)
     ids = [m.headers["Nats-Msg-Id"] for m in messages if m.headers]
     assert len(ids) == EVENTS
     assert set(ids) == set(committed), "stream holds exactly the committed events"
@@ -155,6 +160,6 @@ async def test_every_event_published_once_while_the_relay_is_killed(
         message="republished rows deleted",
     )
     assert relay.stop() == 0
-    assert await stream_count(nats_server.url) == EVENTS
+    assert await stream_count(nats_server) == EVENTS
     assert '"duplicates_refused": 500' in relay.log_path.read_text()
     await database.close()
