@@ -6,7 +6,8 @@
 #   docker build -t phoneseller:0.1.0 .
 #   docker run --rm -p 50051:50051 phoneseller:0.1.0 order
 #
-# Stage 1 installs the project (`pip install .`) into a virtual environment; stage 2 is the
+# Stage 1 installs the contracts (gen/python, the phoneseller-api distribution) and the server
+# (`pip install ./gen/python .`) into a virtual environment; stage 2 is the
 # bare Python runtime plus that environment, run as a non-root user, without pip or compilers.
 # The generated stubs in gen/python are committed (`make protos` refreshes them), so the build
 # needs no protoc.
@@ -22,7 +23,7 @@ COPY . .
 # Wheels exist for every dependency (grpcio, asyncpg, ...), so nothing is compiled here; pip
 # byte-compiles the modules, which matters on a read-only root filesystem.
 RUN python -m venv /opt/phoneseller \
- && /opt/phoneseller/bin/pip install . \
+ && /opt/phoneseller/bin/pip install ./gen/python . \
  && /opt/phoneseller/bin/pip uninstall --yes pip setuptools
 
 FROM ${PYTHON_IMAGE}

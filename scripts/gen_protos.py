@@ -17,7 +17,9 @@ copy: buf has them built in and protoc finds them in grpc_tools' bundled include
 
 Outputs, all committed and all deterministic:
 - gen/python/phoneseller/**: `*_pb2.py` + `*_pb2.pyi` (protoc), `*_pb2_grpc.py` (grpc_tools),
-  `*_pb2_grpc.pyi` (mypy-protobuf), empty `__init__.py` files and `py.typed`;
+  `*_pb2_grpc.pyi` (mypy-protobuf), empty `__init__.py` files and `py.typed`, plus a copy of
+  each `.proto` beside its stubs and of the descriptor set (`phoneseller/descriptors.binpb`):
+  gen/python is the phoneseller-api distribution (gen/python/pyproject.toml), which ships them;
 - gen/descriptors.binpb: a FileDescriptorSet with imports and source info, for Envoy's
   grpc_json_transcoder.
 """
@@ -246,6 +248,12 @@ def finish_python_tree(out: Path) -> None:
     for folder in [package_root, *sorted(p for p in package_root.rglob("*") if p.is_dir())]:
         (folder / "__init__.py").write_bytes(b"")
     (package_root / "py.typed").write_bytes(b"")
+    # The phoneseller-api distribution is built from gen/python alone (an sdist cannot reach
+    # ../../protos), so the sources and the descriptor set it ships are copied in, where
+    # `protoc -I site-packages` finds them as googleapis-common-protos' are found.
+    for rel in contract_files():
+        shutil.copyfile(PROTO_ROOT / rel, py_out / rel)
+    shutil.copyfile(out / DESCRIPTORS_REL, package_root / DESCRIPTORS_REL.name)
 
 
 def generate(out: Path) -> None:
