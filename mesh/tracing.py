@@ -12,12 +12,13 @@ Without an endpoint nothing changes: the rendered configuration stays byte for b
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from mesh.topology import Address
 
-__all__ = ["COLLECTOR_CLUSTER", "collector_address", "with_tracing"]
+__all__ = ["COLLECTOR_CLUSTER", "collector_address", "sampling_percent", "with_tracing"]
 
 Json = dict[str, Any]
 
@@ -40,6 +41,27 @@ def collector_address(endpoint: str) -> Address:
     return Address(parts.hostname, parts.port or OTLP_GRPC_PORT)
 
 
+#: The OpenTelemetry samplers that keep a share of the traces (OTEL_TRACES_SAMPLER_ARG).
+_RATIO_SAMPLERS = ("traceidratio", "parentbased_traceidratio")
+
+
+def sampling_percent(env: Mapping[str, str]) -> float:
+    """The share of new traces the proxies start, from the same `OTEL_TRACES_SAMPLER` and
+    `OTEL_TRACES_SAMPLER_ARG` the services read: 100 unless a ratio sampler says otherwise.
+
+    The gateway is where a request from outside gets its trace, so its sampling is the one
+    that counts (the services' parent-based samplers follow it, as in Istio, whose ingress
+    gateway decides); measured: with the services at 1 % and the gateway at 100 %, tracing
+    still cost half the throughput (docs/observability.md, "Cost")."""
+    if env.get("OTEL_TRACES_SAMPLER", "").strip().lower() not in _RATIO_SAMPLERS:
+        return 100.0
+    try:
+        ratio = float(env.get("OTEL_TRACES_SAMPLER_ARG", "1"))
+    except ValueError:
+        return 100.0
+    return min(max(ratio, 0.0), 1.0) * 100.0
+
+
 def _service_name(listener: str) -> str:
     return "envoy-" + listener.replace("|", "-")
 
@@ -54,8 +76,10 @@ def _direction(listener: str) -> str | None:
     return None
 
 
-def with_tracing(config: Json, endpoint: str) -> Json:
-    """A copy of an Envoy bootstrap whose HTTP connection managers trace to `endpoint`."""
+def with_tracing(config: Json, endpoint: str, percent: float = 100.0) -> Json:
+    """A copy of an Envoy bootstrap whose HTTP connection managers trace to `endpoint`,
+    starting a trace for `percent` of the requests that arrive without a sampling decision
+    (a request whose traceparent says sampled or not keeps that decision)."""
     traced = copy.deepcopy(config)
     collector = collector_address(endpoint)
     # Envoy sends its spans every 5 s by default; a second keeps a trace whole sooner.
@@ -81,7 +105,8 @@ def with_tracing(config: Json, endpoint: str) -> Json:
                             },
                             "service_name": _service_name(name),
                         },
-                    }
+                    },
+                    "random_sampling": {"value": percent},
                 }
         if direction := _direction(name):
             listener["traffic_direction"] = direction

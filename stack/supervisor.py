@@ -36,7 +36,7 @@ from mesh.security import GATEWAY, MeshTls, load_identities
 from mesh.storefront import PREFIX as STOREFRONT_PREFIX
 from mesh.storefront import Storefront
 from mesh.topology import DEFAULT_SIDECAR_PORTS, Address, Topology, build_topology
-from mesh.tracing import with_tracing
+from mesh.tracing import sampling_percent, with_tracing
 from services.kit.config import DEFAULT_PORTS, SERVICE_NAMES, default_metrics_port
 from services.kit.tracing import endpoint as otlp_endpoint
 from stack.nats import NatsAuth
@@ -202,7 +202,8 @@ class LocalStack:
             policy, self.topology(), DESCRIPTORS, options=self.render_options()
         )
         if endpoint := otlp_endpoint(self.otel_env):
-            config = with_tracing(config, endpoint)  # the proxies' spans beside the services'
+            # The proxies' spans beside the services', sampled as the services are.
+            config = with_tracing(config, endpoint, sampling_percent(self.otel_env))
         write_envoy_config(config, self.envoy_config_path)
 
     @property

@@ -11,8 +11,13 @@ from datetime import UTC, datetime
 
 import pytest
 
+from mesh.envoy import render_envoy_config
+from mesh.policy import load_policy
+from mesh.topology import default_topology
+from mesh.tracing import sampling_percent, with_tracing
 from services.kit import context, tracing
 from services.kit.events import Envelope
+from stack.supervisor import VALUES
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
 
 STORED = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -104,3 +109,23 @@ def test_with_tracing_on_only_the_request_id_is_forwarded_by_hand(
             "x-request-id": "r-1",
             "x-correlation-id": "o-1",
         }
+
+
+def test_the_proxies_sample_new_traces_as_the_services_do() -> None:
+    """The local Envoy starts traces at the services' ratio, so that sampling 1 % makes the
+    whole tree 1 %, not only the services' part of it."""
+    ratio = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}
+    assert sampling_percent(ratio) == 1.0
+    assert sampling_percent({}) == 100.0
+    assert sampling_percent({"OTEL_TRACES_SAMPLER": "always_on"}) == 100.0
+    assert sampling_percent({**ratio, "OTEL_TRACES_SAMPLER_ARG": "7"}) == 100.0
+    config = render_envoy_config(load_policy(VALUES), default_topology(), None)
+    traced = with_tracing(config, "http://127.0.0.1:4317", sampling_percent(ratio))
+    samplings = [
+        f["typed_config"]["tracing"]["random_sampling"]["value"]
+        for listener in traced["static_resources"]["listeners"]
+        for chain in listener.get("filter_chains", [])
+        for f in chain["filters"]
+        if f["name"] == "envoy.filters.network.http_connection_manager"
+    ]
+    assert samplings and set(samplings) == {1.0}
