@@ -88,7 +88,7 @@ system-packages: ## Install the Debian packages tests need (scripts/system-packa
 	bash scripts/install_system_packages.sh
 
 .PHONY: test
-test: lint system-packages ## Run every test (unit, integration, e2e, chart, mesh, observability) after the linters
+test: lint system-packages ## Run every test (unit, integration, e2e, chart, mesh, observability, dist, browser, a short chaos run) after the linters
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: smoke
