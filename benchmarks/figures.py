@@ -287,5 +287,8 @@ class RunFigures:
     echo: EchoFigures | None = None
     steps: list[StepFigures] = field(default_factory=list)
     soak: SoakFigures | None = None
+    #: The reference call again after the soak: the machine's own drift over the soak (a
+    #: shared machine slows down and speeds up; the soak's trend is only ours net of it).
+    echo_after: EchoFigures | None = None
     footprint: dict[str, Any] = field(default_factory=dict)
     total_seconds: float = 0.0

@@ -374,6 +374,27 @@ def soak_verdict(soak: SoakFigures) -> str:
     )
 
 
+def machine_drift(run: RunFigures) -> str:
+    """The soak's trend beside the machine's: CPU per paid order against CPU per reference
+    call, each from before (first minute) to after (last minute)."""
+    soak, before, after = run.soak, run.echo, run.echo_after
+    if not (soak and soak.minutes and before and after):
+        return ""
+    if not (before.cpu_us_per_call and after.cpu_us_per_call):
+        return ""
+    first, last = soak.minutes[0].cpu_ms_per_paid_order, soak.minutes[-1].cpu_ms_per_paid_order
+    if not (first and last):
+        return ""
+    machine = after.cpu_us_per_call / before.cpu_us_per_call - 1
+    ours = last / first - 1
+    net = (1 + ours) / (1 + machine) - 1
+    return (
+        f"machine drift: the reference call cost {before.cpu_us_per_call:,.0f} µs of CPU before "
+        f"the soak and {after.cpu_us_per_call:,.0f} after ({machine:+.1%}); CPU per paid order "
+        f"went {first:.2f} -> {last:.2f} ms ({ours:+.1%}): {net:+.1%} net of the machine"
+    )
+
+
 def summary(run: RunFigures) -> str:
     """Every table of the run, as markdown."""
     title = (
@@ -407,6 +428,7 @@ def summary(run: RunFigures) -> str:
             "rows at the end of each minute, summed over the services:",
             soak_table(run.soak),
             soak_verdict(run.soak),
+            machine_drift(run),
             "errors:",
             errors_table([(f"minute {m.minute}", m.errors) for m in run.soak.minutes]),
             stuck_lines([(f"minute {m.minute}", m.sweep) for m in run.soak.minutes]),

@@ -475,7 +475,9 @@ async def measure(
         async with progress.running():
             run.idle = await measure_idle(meter, args.idle_seconds, progress)
             if args.soak:
+                run.echo = await measure_echo(stack, meter, args, progress)
                 run.soak = await measure_soak(load, meter, probe, args, progress)
+                run.echo_after = await measure_echo(stack, meter, args, progress)
             else:
                 run.echo = await measure_echo(stack, meter, args, progress)
                 for clients in args.clients:
