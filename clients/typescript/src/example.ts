@@ -8,7 +8,7 @@
 //   PHONESELLER_TOKEN    a customer's bearer token (required); its subject is the customer
 //   PHONESELLER_GATEWAY  the gateway's URL (default http://127.0.0.1:8080)
 //
-// Each step prints one line; the last line is a JSON summary (tests/dist reads it).
+// Each step prints one line; the last line is a JSON summary (tests/distributions reads it).
 import { randomUUID } from "node:crypto";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.dist.conftest import REPO
+from tests.distributions.conftest import REPO
 
 pytestmark = pytest.mark.slow
 

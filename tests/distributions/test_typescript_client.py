@@ -18,7 +18,7 @@ from phoneseller.order.v1 import order_service_pb2 as order_pb
 from phoneseller.order.v1 import order_service_pb2_grpc as order_grpc
 
 from stack.supervisor import LocalStack
-from tests.dist.conftest import TS_CLIENT
+from tests.distributions.conftest import TS_CLIENT
 from tests.support.identity import customer_token
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from stack.supervisor import LocalStack
-from tests.dist.conftest import Artefacts
+from tests.distributions.conftest import Artefacts
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from tests.dist.conftest import REPO, Artefacts
+from tests.distributions.conftest import REPO, Artefacts
 from tests.helm import chartkit
 
 pytestmark = pytest.mark.slow
