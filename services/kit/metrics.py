@@ -21,6 +21,8 @@ import grpc
 from google.protobuf.message import Message
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.kit.interceptors import WrappingInterceptor
+
 # --- the saga -----------------------------------------------------------------------------
 
 ORDERS = Counter(
@@ -166,22 +168,11 @@ _published = _cached(EVENTS_PUBLISHED.labels)
 _handled = _cached(EVENTS_HANDLED.labels)
 
 
-class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class RpcMetricsInterceptor(WrappingInterceptor):
     """Counts and times every unary RPC by method and status code (the gRPC instrumentation
     of OpenTelemetry gives spans, not metrics, and is not installed when tracing is off)."""
 
-    def __init__(self) -> None:
-        self._handlers: dict[str, Any] = {}
-
-    async def intercept_service(self, continuation: Any, details: Any) -> Any:
-        method = details.method
-        wrapped = self._handlers.get(method)
-        if wrapped is None:
-            wrapped = self._wrap(method, await continuation(details))
-            self._handlers[method] = wrapped
-        return wrapped
-
-    def _wrap(self, method: str, handler: Any) -> Any:
+    def wrap(self, method: str, handler: Any) -> Any:
         if handler is None or handler.unary_unary is None:
             return handler
         behavior = handler.unary_unary

@@ -34,6 +34,7 @@ from services.kit.consumer import BatchHandler, ConsumerSettings, EventConsumer,
 from services.kit.db import Database, DatabaseUnavailableError
 from services.kit.events import EventTypes
 from services.kit.health import Health
+from services.kit.interceptors import WrappingInterceptor
 from services.kit.metrics_server import Gauges, MetricsServer
 from services.kit.outbox import OutboxRelay
 from services.kit.uow import UnitOfWork
@@ -101,25 +102,15 @@ class ServiceDefinition:
         return cls(name, tuple(s.full_name for s in services), metadata, build)
 
 
-class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class RequestInterceptor(WrappingInterceptor):
     """Binds trace and correlation context and the signed-in caller (services.kit.identity)
     to each call, and turns errors into rich statuses."""
 
     def __init__(self, service: str) -> None:
+        super().__init__()
         self.service = service
-        #: The wrapped handler of each method, made on its first call (gRPC asks for a handler
-        #: on every call; there is no need to build the wrapper each time).
-        self._handlers: dict[str, Any] = {}
 
-    async def intercept_service(self, continuation: Any, details: Any) -> Any:
-        method = details.method
-        wrapped = self._handlers.get(method)
-        if wrapped is None:
-            wrapped = self._wrap(method, await continuation(details))
-            self._handlers[method] = wrapped
-        return wrapped
-
-    def _wrap(self, method: str, handler: Any) -> Any:
+    def wrap(self, method: str, handler: Any) -> Any:
         if handler is None or handler.unary_unary is None or not method.startswith("/phoneseller."):
             return handler
         behavior = handler.unary_unary
