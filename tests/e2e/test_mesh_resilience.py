@@ -37,6 +37,7 @@ from sqlalchemy.engine import make_url
 
 from mesh.envoy import cluster_name
 from mesh.policy import MeshPolicy, load_policy
+from mesh.process import AdminClient
 from stack.supervisor import VALUES, LocalStack
 from tests.e2e.saga import error_details, honouring_retry_info
 from tests.support.identity import as_customer, customer_token, signed_in
@@ -103,6 +104,15 @@ def clawback_numbers() -> tuple[float, float, int]:
     assert admitted > 0, "the clawback has a circuit breaker"
     return route.timeout.seconds, route.retries.per_try_timeout.seconds, admitted
 
+
+def _ejected_after() -> int:
+    """After how many consecutive errors the clawback's outlier detection ejects a host."""
+    outlier = POLICY["promotion"].policy_for("ClawBackPoints").outlier_detection
+    assert outlier is not None and outlier.consecutive_gateway_errors
+    return outlier.consecutive_gateway_errors
+
+
+EJECTED_AFTER = _ejected_after()
 
 #: Concurrent cancels in the breaker test: more than the clawback's pool admits, by this many.
 BEYOND_THE_BREAKER = 12
@@ -384,21 +394,37 @@ def test_a_replica_without_its_database_is_retried_around(
     with fresh_database("mesh_retries", request) as url:
         database = make_url(url)
         assert database.host is not None and database.port is not None
-        with TcpProxy(database.host, database.port) as proxy:
-            through_proxy = database.set(port=proxy.port).render_as_string(hide_password=False)
+        # Each replica reaches the database through a proxy of its own, so that the test can
+        # cut the one Envoy sends clawbacks to (below).
+        with (
+            TcpProxy(database.host, database.port) as proxy0,
+            TcpProxy(database.host, database.port) as proxy1,
+        ):
             configured = stack_on_free_ports(
                 tmp_path / "stack",
                 replicas=2,
                 service_env={"promotion": {"PHONESELLER_DATABASE_URL": url}},
-                replica_env={"promotion-1": {"PHONESELLER_DATABASE_URL": through_proxy}},
+                replica_env={
+                    f"promotion-{r}": {
+                        "PHONESELLER_DATABASE_URL": database.set(port=proxy.port).render_as_string(
+                            hide_password=False
+                        )
+                    }
+                    for r, proxy in enumerate((proxy0, proxy1))
+                },
             )
             with running_stack(configured) as stack:
-                retried_around_a_cut_database(stack, proxy)
+                retried_around_a_cut_database(stack, (proxy0, proxy1))
 
 
-def retried_around_a_cut_database(stack: LocalStack, proxy: TcpProxy) -> None:
+def clawbacks_by_host(envoy: AdminClient) -> dict[str, int]:
+    return {h.hostname: int(h.stats.get("rq_total", 0)) for h in envoy.hosts(CLAWBACK_CLUSTER)}
+
+
+def retried_around_a_cut_database(stack: LocalStack, proxies: tuple[TcpProxy, TcpProxy]) -> None:
     customer = f"retry-{uuid.uuid4().hex[:8]}"
     gateway = Gateway.of(stack, customer)
+    envoy = admin(stack)
     # Each replica asked directly (behind the mesh, so with the claims the gateway would pass),
     # to see what it answers on its own.
     direct = [
@@ -408,36 +434,61 @@ def retried_around_a_cut_database(stack: LocalStack, proxy: TcpProxy) -> None:
         )
         for r in (0, 1)
     ]
-    replica0, replica1 = (promotion_grpc.PromotionServiceStub(c) for c in direct)
+    replicas = [promotion_grpc.PromotionServiceStub(c) for c in direct]
     try:
-        orders = place_and_wait_for_points(gateway, customer, CANCELS_AROUND_A_CUT)
+        first, *orders = place_and_wait_for_points(gateway, customer, CANCELS_AROUND_A_CUT + 1)
         points = sum(o.payback_points for o in orders)
-        assert balance(replica1, customer).balance == points, "replica 1 reads via the proxy"
-        assert proxy.accepted > 0
+        assert all(proxy.accepted > 0 for proxy in proxies), "both replicas use their proxy"
+        # Cut the replica the clawbacks go to. One clawback at a time meets both replicas
+        # idle, and Envoy's least-request balancer then takes the first host of its list,
+        # whichever that is in this run: cutting the other replica would leave nothing to
+        # retry around (seen: 20 of 20 clawbacks to one replica).
+        before_first = clawbacks_by_host(envoy)
+        assert gateway.cancel(first.order_id).status == order_pb.ORDER_STATUS_CANCELLED
+        after_first = clawbacks_by_host(envoy)
+        (preferred,) = [h for h in after_first if after_first[h] > before_first.get(h, 0)]
+        cut = int(preferred.rsplit("-", 1)[1])
+        other = 1 - cut
+        assert balance(replicas[cut], customer).balance == points
 
-        proxy.cut()
+        proxies[cut].cut()
 
         def refused() -> dict[str, object] | None:
             try:
-                balance(replica1, customer)
+                balance(replicas[cut], customer)
             except grpc.RpcError as exc:
                 if exc.code() is grpc.StatusCode.UNAVAILABLE:
                     return error_details(exc)
                 raise
             return None
 
-        details = wait_until(refused, timeout=15, message="replica 1 answers UNAVAILABLE")
+        details = wait_until(refused, timeout=15, message=f"{preferred} answers UNAVAILABLE")
         assert details.get("reason") == "DATABASE_UNAVAILABLE", details
         health = stack.health()
-        assert health["promotion-1"], f"replica 1 keeps reporting SERVING: {health}"
-        envoy = admin(stack)
+        assert health[preferred], f"{preferred} keeps reporting SERVING: {health}"
         assert envoy.healthy_hosts(CLAWBACK_CLUSTER) == ["promotion-0", "promotion-1"], (
-            "Envoy's health check should count replica 1 healthy: it reports SERVING"
+            f"Envoy's health check should count {preferred} healthy: it reports SERVING"
         )
         before = envoy.cluster_stats(CLAWBACK_CLUSTER)
 
+        # As a careful client cancels: retrying UNAVAILABLE after its RetryInfo. The mesh does
+        # the rest: Envoy retries an attempt the cut replica refused on another host, and
+        # outlier detection ejects the cut replica after 3 consecutive errors. Measured on this
+        # Envoy: its least-request balancer sends one-at-a-time calls to the first host of its
+        # list, and a retry's host reselection can land there again, so a cancel may come back
+        # UNAVAILABLE before the ejection; never more than the ejection threshold of them.
+        client_retries = 0
         for order in orders:
-            cancelled = gateway.cancel(order.order_id)  # no client retry: the mesh retries
+
+            def cancel(order_id: str = order.order_id) -> order_pb.Order:
+                nonlocal client_retries
+                try:
+                    return gateway.cancel(order_id)
+                except grpc.RpcError:
+                    client_retries += 1
+                    raise
+
+            cancelled = honouring_retry_info(cancel)
             assert cancelled.status == order_pb.ORDER_STATUS_CANCELLED, cancelled
 
         stats = envoy.cluster_stats(CLAWBACK_CLUSTER)
@@ -448,24 +499,26 @@ def retried_around_a_cut_database(stack: LocalStack, proxy: TcpProxy) -> None:
         hosts = {h.hostname: (h.flags, dict(h.stats)) for h in envoy.hosts(CLAWBACK_CLUSTER)}
         shown = {k: v for k, v in stats.items() if k.startswith(TELLING_STATS) and v}
         print(
-            f"{CLAWBACK_CLUSTER}: {retries} retries, {ejections} ejections, {shown}; "
+            f"{CLAWBACK_CLUSTER} with {preferred}'s database cut: {retries} retries, "
+            f"{ejections} ejections, {client_retries} client retries, {shown}; "
             + ", ".join(
                 f"{name} {flags or 'healthy'} errors {st.get('rq_error')}/{st.get('rq_total')}"
                 for name, (flags, st) in sorted(hosts.items())
             )
         )
-        assert retries > 0, stats
-        assert hosts["promotion-1"][1].get("rq_error", 0) > 0, hosts
+        assert hosts[preferred][1].get("rq_error", 0) > 0, hosts
+        assert retries > 0 or ejections > 0, f"the mesh did not route around {preferred}: {stats}"
+        assert client_retries <= EJECTED_AFTER, f"{client_retries} cancels failed: {stats}"
 
-        ledger = clawback_ledger(gateway, replica0, customer, orders)
+        ledger = clawback_ledger(gateway, replicas[other], customer, [first, *orders])
         assert all(s == payment_pb.PAYMENT_STATUS_CANCELLED for s, _ in ledger.values())
-        assert balance(replica0, customer).balance == 0
+        assert balance(replicas[other], customer).balance == 0
 
-        proxy.restore()
+        proxies[cut].restore()
         wait_until(
-            lambda: balance(replica1, customer).balance == 0,
+            lambda: balance(replicas[cut], customer).balance == 0,
             timeout=15,
-            message="replica 1 reaches its database again",
+            message=f"{preferred} reaches its database again",
         )
     finally:
         gateway.close()
