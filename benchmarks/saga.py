@@ -63,9 +63,7 @@ import io
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -91,12 +89,10 @@ from benchmarks.procstat import CpuMeter, cpu_between
 from benchmarks.traffic import EchoLoad, Phase, SagaLoad, Sweep
 from client.signin import DevSignIn
 from services.kit.config import SERVICE_NAMES
-from stack.supervisor import REPO, LocalStack, otel_environment
+from stack.runs import git_state, results_folder, stack_folder
+from stack.supervisor import LocalStack, otel_environment
 from tests.support.stack import running_stack, stack_on_free_ports
 
-#: supervisord's socket path must fit in sun_path (108 bytes); a longer --out keeps the stack
-#: in a temporary folder instead.
-MAX_SOCKET_PATH = 100
 SOAK_MINUTE_SECONDS = 60.0
 PLAIN_PROGRESS_SECONDS = 10.0
 
@@ -182,31 +178,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def results_folder(out: Path | None) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    folder = (out or REPO / ".run" / "bench" / stamp).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def stack_folder(out: Path) -> Path:
-    folder = out / "stack"
-    if len(str(folder / "supervisor.sock")) > MAX_SOCKET_PATH:
-        return Path(tempfile.mkdtemp(prefix="bench-stack-"))
-    return folder
-
-
-def git_state() -> tuple[str, bool]:
-    """HEAD's short hash, and whether services/, mesh/ or stack/ differ from it."""
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    return commit, bool(git("status", "--porcelain", "--", "services", "mesh", "stack"))
-
-
 DEFINITIONS = {
     "orders_per_second": "PlaceOrder calls answered OK in the window / window seconds",
     "sagas_per_second": (
@@ -258,7 +229,7 @@ def service_databases(postgres: bool) -> Iterator[dict[str, str]]:
 def new_stack(out: Path, replicas: int, urls: dict[str, str]) -> LocalStack:
     """A stack on free ports (tests/support/ports never hands out a port twice)."""
     return stack_on_free_ports(
-        stack_folder(out),
+        stack_folder(out, "bench"),
         replicas=replicas,
         service_env={s: {"PHONESELLER_DATABASE_URL": url} for s, url in urls.items()},
         # Tracing as `make up` does it: on when the environment names an OTLP endpoint, e.g.
@@ -497,7 +468,7 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 
 def new_run(args: argparse.Namespace) -> RunFigures:
-    commit, dirty = git_state()
+    commit, dirty = git_state("services", "mesh", "stack")
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     return RunFigures(
         started_utc=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -525,7 +496,7 @@ def write_results(run: RunFigures, out: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    out = results_folder(args.out)
+    out = results_folder("bench", args.out)
     signal.signal(signal.SIGTERM, _terminate)
     run = new_run(args)
     started = time.monotonic()

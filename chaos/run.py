@@ -18,9 +18,7 @@ import io
 import os
 import random
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,7 +39,8 @@ from chaos.observe import Observer, Quiet, Sources
 from chaos.signin import credentials_for_stack
 from chaos.state import EndState
 from services.kit.config import SERVICE_NAMES
-from stack.supervisor import REPO, LocalStack
+from stack.runs import git_state, results_folder, stack_folder
+from stack.supervisor import LocalStack
 from tests.support.stack import running_stack, stack_on_free_ports
 from tests.support.tcp_proxy import TcpProxy
 
@@ -49,8 +48,6 @@ Say = Callable[[str], None]
 
 #: The services that run on PostgreSQL when it is there (the fault cuts their links).
 POSTGRES_SERVICES = ("promotion", "store")
-#: supervisord's socket path must fit in sun_path (108 bytes).
-MAX_SOCKET_PATH = 100
 #: How often the settling loop asks whether the system is quiet.
 SETTLE_POLL_SECONDS = 1.0
 #: After a check that found violations in a quiet system, the next one waits this long.
@@ -114,20 +111,6 @@ class ChaosResult:
 # --- the stack ----------------------------------------------------------------------------
 
 
-def results_folder(out: Path | None) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    folder = (out or REPO / ".run" / "chaos" / stamp).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def stack_folder(out: Path) -> Path:
-    folder = out / "stack"
-    if len(str(folder / "supervisor.sock")) > MAX_SOCKET_PATH:
-        return Path(tempfile.mkdtemp(prefix="chaos-stack-"))
-    return folder
-
-
 def postgres_available() -> tuple[bool, str]:
     # Only PostgreSQL runs need the tests' helper (and through it pytest).
     from tests.support.postgres import postgres_user
@@ -185,21 +168,11 @@ def start_stack(resources: contextlib.ExitStack, stack: LocalStack) -> float:
     return time.monotonic() - started
 
 
-def git_state() -> tuple[str, bool]:
-    """HEAD's short hash, and whether the tree differs from it."""
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    return git("rev-parse", "--short", "HEAD") or "unknown", bool(git("status", "--porcelain"))
-
-
 # --- the run ------------------------------------------------------------------------------
 
 
 def run_chaos(options: ChaosOptions, say: Say = print) -> ChaosResult:
-    folder = results_folder(options.out)
+    folder = results_folder("chaos", options.out)
     use_postgres = options.postgres
     if use_postgres is not False:
         available, why = postgres_available()
@@ -232,7 +205,7 @@ def run_chaos(options: ChaosOptions, say: Say = print) -> ChaosResult:
         with contextlib.ExitStack() as resources:
             databases = resources.enter_context(postgres_databases(bool(use_postgres)))
             stack = stack_on_free_ports(
-                stack_folder(folder),
+                stack_folder(folder, "chaos"),
                 replicas=options.replicas,
                 service_env={
                     s: {"PHONESELLER_DATABASE_URL": url}

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import grpc
 
 from client.issuer import DevIssuer
+from client.signin import DevSignIn, bearer_metadata
 from mesh.edge import EndUserAuth
 from services.kit.identity import claims_header
 
@@ -34,7 +35,7 @@ def end_users(issuer: DevIssuer) -> EndUserAuth:
 
 
 def bearer(token: str) -> Metadata:
-    return (("authorization", f"Bearer {token}"),)
+    return bearer_metadata(token)
 
 
 def customer_token(issuer: DevIssuer, customer_id: str) -> Metadata:
@@ -64,26 +65,19 @@ def as_operator(name: str = "operator-1") -> Metadata:
 
 class Tokens:
     """Bearer metadata for users of one issuer, each token signed once (as a client that signs
-    in once and reuses its token)."""
+    in once and reuses its token): the client's own DevSignIn, as call metadata."""
 
     def __init__(self, issuer: DevIssuer) -> None:
-        self._issuer = issuer
-        self._made: dict[tuple[str, str], Metadata] = {}
-
-    def _of(self, subject: str, role: str) -> Metadata:
-        key = (subject, role)
-        if key not in self._made:
-            self._made[key] = bearer(self._issuer.token(subject, role))
-        return self._made[key]
+        self._sign_in = DevSignIn(issuer)
 
     def customer(self, customer_id: str) -> Metadata:
-        return self._of(customer_id, "customer")
+        return bearer_metadata(self._sign_in.token("customer", customer_id))
 
     def dealer(self, dealer_id: str = "dealer-1") -> Metadata:
-        return self._of(dealer_id, "dealer")
+        return bearer_metadata(self._sign_in.token("dealer", dealer_id))
 
     def operator(self, name: str = "operator-1") -> Metadata:
-        return self._of(name, "operator")
+        return bearer_metadata(self._sign_in.token("operator", name))
 
 
 class _CallDetails(NamedTuple):
